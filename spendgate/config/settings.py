@@ -1,0 +1,158 @@
+"""Settings: every field with its environment variable and default, parsed once.
+
+`Settings.from_env()` reads `SPENDGATE_*` variables (and an optional TOML file named by
+`SPENDGATE_CONFIG_FILE`, whose keys are the field names; the environment wins), validates
+every value and returns a frozen object that is passed down. Nothing else reads the
+environment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from spendgate.config.errors import ConfigError
+
+ENV_PREFIX = "SPENDGATE_"
+LOG_LEVELS = ("debug", "info", "warning", "error")
+ENFORCEMENT_MODES = ("reserve", "hard")
+
+
+def _env(name: str) -> dict[str, str]:
+    return {"env": ENV_PREFIX + name}
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    # Servers. None means: start the embedded ones under data_dir (`spendgate serve`).
+    database_url: str | None = field(default=None, metadata=_env("DATABASE_URL"))
+    redis_url: str | None = field(default=None, metadata=_env("REDIS_URL"))
+    # Every Redis key spendgate writes starts with this prefix (tests isolate by it).
+    redis_prefix: str = field(default="sg", metadata=_env("REDIS_PREFIX"))
+    admin_token: str | None = field(default=None, metadata=_env("ADMIN_TOKEN"))
+    host: str = field(default="127.0.0.1", metadata=_env("HOST"))
+    port: int = field(default=8080, metadata=_env("PORT"))
+    workers: int = field(default=0, metadata=_env("WORKERS"))  # 0: one per core
+    providers_file: Path | None = field(default=None, metadata=_env("PROVIDERS_FILE"))
+    enforcement: str = field(default="reserve", metadata=_env("ENFORCEMENT"))
+    mock_provider: bool = field(default=True, metadata=_env("MOCK_PROVIDER"))
+    mock_latency_ms: int = field(default=0, metadata=_env("MOCK_LATENCY_MS"))
+    secret_key: str | None = field(default=None, metadata=_env("SECRET_KEY"))
+    data_dir: Path = field(default=Path(".spendgate"), metadata=_env("DATA_DIR"))
+    log_level: str = field(default="info", metadata=_env("LOG_LEVEL"))
+    default_max_output_tokens: int = field(default=4096, metadata=_env("DEFAULT_MAX_OUTPUT_TOKENS"))
+    max_body_bytes: int = field(default=10 * 1024 * 1024, metadata=_env("MAX_BODY_BYTES"))
+    metrics_port: int | None = field(default=None, metadata=_env("METRICS_PORT"))
+    # Seconds a process keeps a key record before asking Redis again; invalidation
+    # messages drop entries at once, so this only bounds a missed message.
+    key_cache_ttl: float = field(default=5.0, metadata=_env("KEY_CACHE_TTL"))
+    # Number of buckets API keys are spread over; fixed for the life of a deployment.
+    buckets: int = field(default=64, metadata=_env("BUCKETS"))
+
+    def __post_init__(self) -> None:
+        _check(self.enforcement in ENFORCEMENT_MODES, "ENFORCEMENT", "reserve or hard")
+        _check(self.log_level in LOG_LEVELS, "LOG_LEVEL", "debug, info, warning or error")
+        _check(0 < self.port < 65536, "PORT", "a TCP port, 1-65535")
+        _check(self.workers >= 0, "WORKERS", "0 (one per core) or more")
+        _check(self.mock_latency_ms >= 0, "MOCK_LATENCY_MS", "0 or more")
+        _check(self.default_max_output_tokens > 0, "DEFAULT_MAX_OUTPUT_TOKENS", "1 or more")
+        _check(self.max_body_bytes > 0, "MAX_BODY_BYTES", "1 or more")
+        _check(self.key_cache_ttl >= 0, "KEY_CACHE_TTL", "0 or more seconds")
+        _check(1 <= self.buckets <= 16384, "BUCKETS", "1 to 16384")
+        _check(bool(self.redis_prefix), "REDIS_PREFIX", "not empty")
+        _check(
+            self.redis_prefix.isascii() and "{" not in self.redis_prefix,
+            "REDIS_PREFIX",
+            "ASCII without '{'",
+        )
+        if self.metrics_port is not None:
+            _check(0 < self.metrics_port < 65536, "METRICS_PORT", "a TCP port, 1-65535")
+        if self.admin_token is not None:
+            _check(len(self.admin_token) >= 16, "ADMIN_TOKEN", "at least 16 characters")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        config_file = env.get(ENV_PREFIX + "CONFIG_FILE")
+        if config_file:
+            values.update(_read_toml(Path(config_file)))
+        for f in dataclasses.fields(cls):
+            name = f.metadata["env"]
+            if name in env:
+                values[f.name] = env[name]
+        return cls.from_mapping(values)
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> Settings:
+        """Build settings from raw values keyed by field name (strings or TOML values)."""
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        parsed: dict[str, Any] = {}
+        for key, raw in values.items():
+            f = known.get(key)
+            if f is None:
+                raise ConfigError(ENV_PREFIX + key.upper(), "unknown setting")
+            var = f.metadata["env"].removeprefix(ENV_PREFIX)
+            parsed[key] = _parse(var, f.type, raw)
+        return cls(**parsed)
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+def _check(ok: bool, var: str, expected: str) -> None:
+    if not ok:
+        raise ConfigError(ENV_PREFIX + var, f"must be {expected}")
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(ENV_PREFIX + "CONFIG_FILE", f"cannot read {path}: {exc}") from exc
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true or false")
+
+
+_PARSERS: dict[str, Callable[[str], Any]] = {
+    "str": str,
+    "int": int,
+    "float": float,
+    "bool": _parse_bool,
+    "Path": Path,
+}
+
+
+def _parse(var: str, type_text: Any, raw: Any) -> Any:
+    """Parse one raw value by the field's annotation text ('int', 'Path | None'...)."""
+    type_name = str(type_text)
+    optional = type_name.endswith(" | None")
+    base = type_name.removesuffix(" | None")
+    if raw is None or (optional and isinstance(raw, str) and raw.strip() == ""):
+        if optional:
+            return None
+        raise ConfigError(ENV_PREFIX + var, "must be set")
+    if base == "bool" and isinstance(raw, bool):
+        return raw
+    if base in ("int", "float") and isinstance(raw, bool):
+        raise ConfigError(
+            ENV_PREFIX + var, f"must be {'an integer' if base == 'int' else 'a number'}"
+        )
+    try:
+        return _PARSERS[base](str(raw))
+    except ValueError as exc:
+        kind = {"int": "an integer", "float": "a number", "bool": "true or false"}.get(base, base)
+        raise ConfigError(ENV_PREFIX + var, f"must be {kind}, got {str(raw)[:40]!r}") from exc

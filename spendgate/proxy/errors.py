@@ -1,0 +1,127 @@
+"""HTTP errors: one table from error class to (status, type, code), one middleware.
+
+Handlers raise errors of meaning (enforcement.errors, storage.errors, ApiError below);
+`error_middleware` turns them into OpenAI's envelope
+`{"error": {"message", "type", "param", "code"}}`. Anything unknown becomes a 500 with the
+request id, logged once here.
+
+ApiError(status, type, code, message, param)    an HTTP-level refusal of the proxy itself
+ ├── Unauthorized                                missing or wrong admin token
+ └── InvalidJSON                                 a body that is not a JSON object
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import orjson
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from spendgate.enforcement.errors import InvalidField, KeyLimitReached, NotFound
+from spendgate.storage.errors import StorageUnavailable
+
+log = logging.getLogger(__name__)
+
+REQUEST_ID_HEADER = "x-request-id"
+REQUEST_ID = web.RequestKey("request_id", str)
+
+
+class ApiError(Exception):
+    def __init__(
+        self,
+        status: int,
+        type_: str,
+        code: str,
+        message: str,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.type = type_
+        self.code = code
+        self.message = message
+        self.param = param
+        self.headers = headers or {}
+
+
+class Unauthorized(ApiError):
+    def __init__(self) -> None:
+        super().__init__(
+            401, "invalid_request_error", "invalid_admin_token", "missing or wrong admin token"
+        )
+
+
+class InvalidJSON(ApiError):
+    def __init__(self, message: str = "the body must be a JSON object") -> None:
+        super().__init__(400, "invalid_request_error", "invalid_json", message)
+
+
+def new_request_id() -> str:
+    return "req_" + os.urandom(12).hex()
+
+
+def error_body(status: int, type_: str, code: str, message: str, param: str | None) -> bytes:
+    return orjson.dumps(
+        {"error": {"message": message, "type": type_, "param": param, "code": code}}
+    )
+
+
+def error_response(err: ApiError, request_id: str) -> web.Response:
+    return web.Response(
+        status=err.status,
+        body=error_body(err.status, err.type, err.code, err.message, err.param),
+        content_type="application/json",
+        headers={REQUEST_ID_HEADER: request_id, **err.headers},
+    )
+
+
+def to_api_error(exc: BaseException) -> ApiError | None:
+    """The table: an error of meaning -> the HTTP error it is answered with."""
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, InvalidField):
+        return ApiError(400, "invalid_request_error", "invalid_field", str(exc), exc.field or None)
+    if isinstance(exc, NotFound):
+        return ApiError(404, "invalid_request_error", "not_found", str(exc))
+    if isinstance(exc, KeyLimitReached):
+        return ApiError(403, "permission_error", "key_limit_reached", str(exc))
+    if isinstance(exc, StorageUnavailable):
+        code = "enforcement_unavailable" if exc.backend == "redis" else "storage_unavailable"
+        return ApiError(503, "api_error", code, f"{exc.backend} is unavailable, try again")
+    if isinstance(exc, web.HTTPException) and exc.status >= 400:
+        return _http_exception(exc)
+    return None
+
+
+def _http_exception(exc: web.HTTPException) -> ApiError:
+    codes: dict[int, tuple[str, str]] = {
+        404: ("not_found", "no such route"),
+        405: ("method_not_allowed", "method not allowed on this route"),
+        413: ("request_too_large", "the request body is too large"),
+    }
+    code, message = codes.get(exc.status, ("invalid_request", exc.reason))
+    headers = {}
+    if exc.status == 405 and "Allow" in exc.headers:
+        headers["Allow"] = exc.headers["Allow"]
+    type_ = "api_error" if exc.status >= 500 else "invalid_request_error"
+    return ApiError(exc.status, type_, code, message, headers=headers)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    request_id = new_request_id()
+    request[REQUEST_ID] = request_id
+    try:
+        response = await handler(request)
+    except Exception as exc:
+        err = to_api_error(exc)
+        if err is None:
+            log.exception("unhandled error", extra={"request_id": request_id, "path": request.path})
+            err = ApiError(500, "api_error", "internal_error", "internal error: " + request_id)
+        return error_response(err, request_id)
+    if not response.prepared:  # a streamed response set it before its first byte
+        response.headers[REQUEST_ID_HEADER] = request_id
+    return response

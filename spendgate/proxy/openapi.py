@@ -1,0 +1,252 @@
+"""The admin API's OpenAPI 3.1 document, served at /admin/v1/openapi.json."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from spendgate import __version__
+from spendgate.enforcement.keys import NAME_MAX
+from spendgate.enforcement.windows import MAX_EVERY
+from spendgate.proxy.admin_input import MAX_CUSTOM_KEY_LIMIT
+from spendgate.types import JSONObject
+
+MONEY = {
+    "description": "USD as a decimal string or number: at most 9 decimals, not negative",
+    "oneOf": [
+        {"type": "string", "pattern": r"^[0-9]+(\.[0-9]{1,9})?$"},
+        {"type": "number", "minimum": 0},
+    ],
+}
+MONEY_OUT = {"type": "string", "description": "USD, shortest exact decimal", "example": "12.5"}
+NAME = {"type": "string", "minLength": 1, "maxLength": NAME_MAX}
+TIME = {"type": "string", "format": "date-time"}
+NULLABLE_TIME = {"type": ["string", "null"], "format": "date-time"}
+PLAN = {"type": "string", "enum": ["free", "pro", "enterprise"]}
+CUSTOM_LIMIT = {
+    "type": ["integer", "null"],
+    "minimum": 0,
+    "maximum": MAX_CUSTOM_KEY_LIMIT,
+    "description": "enterprise plan only",
+}
+
+
+def _ref(name: str) -> JSONObject:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _error(description: str) -> JSONObject:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": _ref("Error")}},
+    }
+
+
+def _ok(status: str, schema: JSONObject, description: str = "OK") -> JSONObject:
+    return {
+        status: {"description": description, "content": {"application/json": {"schema": schema}}}
+    }
+
+
+def _body(schema: JSONObject) -> JSONObject:
+    return {"required": True, "content": {"application/json": {"schema": schema}}}
+
+
+def _op(
+    summary: str, responses: JSONObject, body: JSONObject | None = None, **extra: Any
+) -> JSONObject:
+    op: JSONObject = {"summary": summary, "responses": {**responses, **ERRORS}, **extra}
+    if body is not None:
+        op["requestBody"] = _body(body)
+    return op
+
+
+ERRORS = {
+    "400": _error("invalid field or malformed JSON; `param` names the field"),
+    "401": _error("missing or wrong admin token"),
+    "404": _error("no such project or key"),
+    "503": _error("Postgres or Redis unavailable"),
+}
+PID = {"name": "pid", "in": "path", "required": True, "schema": {"type": "string"}}
+KID = {"name": "kid", "in": "path", "required": True, "schema": {"type": "string"}}
+
+RECURRING_IN = {
+    "type": ["object", "null"],
+    "additionalProperties": False,
+    "required": ["amount", "every", "unit"],
+    "description": "from 1 hour to 12 months; null removes it",
+    "properties": {
+        "amount": MONEY,
+        "every": {"type": "integer", "minimum": 1, "maximum": max(MAX_EVERY.values())},
+        "unit": {"type": "string", "enum": list(MAX_EVERY)},
+    },
+}
+SCHEMAS: JSONObject = {
+    "Error": {
+        "type": "object",
+        "required": ["error"],
+        "properties": {
+            "error": {
+                "type": "object",
+                "required": ["message", "type", "param", "code"],
+                "properties": {
+                    "message": {"type": "string"},
+                    "type": {"type": "string"},
+                    "param": {"type": ["string", "null"]},
+                    "code": {"type": "string"},
+                },
+            }
+        },
+    },
+    "Project": {
+        "type": "object",
+        "required": ["id", "name", "plan", "key_limit", "key_count", "created_at"],
+        "properties": {
+            "id": {"type": "string"},
+            "name": {"type": "string"},
+            "plan": PLAN,
+            "key_limit": {"type": "integer"},
+            "key_count": {"type": "integer"},
+            "created_at": TIME,
+        },
+    },
+    "NewProject": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["name"],
+        "properties": {"name": NAME, "plan": PLAN, "key_limit": CUSTOM_LIMIT},
+    },
+    "ProjectChanges": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {"name": NAME, "plan": PLAN, "key_limit": CUSTOM_LIMIT},
+    },
+    "Key": {
+        "type": "object",
+        "required": ["id", "project_id", "name", "preview", "status", "created_at", "usage"],
+        "properties": {
+            "id": {"type": "string"},
+            "project_id": {"type": "string"},
+            "name": {"type": "string"},
+            "preview": {"type": "string", "example": "sgk_AbCd...wxyz"},
+            "status": {"type": "string", "enum": ["active", "inactive"]},
+            "created_at": TIME,
+            "last_used_at": NULLABLE_TIME,
+            "usage": MONEY_OUT,
+            "usage_limit": {"type": ["string", "null"]},
+            "recurring_limit": {
+                "type": ["object", "null"],
+                "properties": {
+                    "amount": MONEY_OUT,
+                    "every": {"type": "integer"},
+                    "unit": {"type": "string"},
+                },
+            },
+            "current_period": {
+                "type": ["object", "null"],
+                "properties": {"usage": MONEY_OUT, "started_at": TIME, "resets_at": TIME},
+            },
+            "iam_rules_count": {"type": "integer"},
+            "iam_rules": {"type": "array", "items": {"type": "object"}},
+        },
+    },
+    "CreatedKey": {
+        "allOf": [
+            _ref("Key"),
+            {
+                "type": "object",
+                "required": ["key"],
+                "properties": {"key": {"type": "string", "description": "shown only once"}},
+            },
+        ]
+    },
+    "NewKey": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["name"],
+        "properties": {
+            "name": NAME,
+            "usage_limit": {**MONEY, "oneOf": [*MONEY["oneOf"], {"type": "null"}]},
+            "recurring_limit": RECURRING_IN,
+        },
+    },
+    "KeyChanges": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "name": NAME,
+            "status": {"type": "string", "enum": ["active", "inactive"]},
+            "usage_limit": {**MONEY, "oneOf": [*MONEY["oneOf"], {"type": "null"}]},
+            "recurring_limit": RECURRING_IN,
+        },
+    },
+}
+
+
+@cache
+def openapi_document() -> JSONObject:
+    project_list = {
+        "type": "object",
+        "properties": {"data": {"type": "array", "items": _ref("Project")}},
+    }
+    key_list = {
+        "type": "object",
+        "properties": {
+            "data": {"type": "array", "items": _ref("Key")},
+            "plan": {
+                "type": "object",
+                "properties": {
+                    "name": PLAN,
+                    "key_limit": {"type": "integer"},
+                    "key_count": {"type": "integer"},
+                },
+            },
+        },
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "spendgate admin API", "version": __version__},
+        "servers": [{"url": "/admin/v1"}],
+        "security": [{"adminToken": []}],
+        "paths": {
+            "/projects": {
+                "post": _op(
+                    "Create a project", _ok("201", _ref("Project"), "Created"), _ref("NewProject")
+                ),
+                "get": _op("List projects", _ok("200", project_list)),
+            },
+            "/projects/{pid}": {
+                "parameters": [PID],
+                "get": _op("Get a project", _ok("200", _ref("Project"))),
+                "patch": _op(
+                    "Change a project", _ok("200", _ref("Project")), _ref("ProjectChanges")
+                ),
+            },
+            "/projects/{pid}/keys": {
+                "parameters": [PID],
+                "post": _op(
+                    "Create a key; the response alone holds the full token",
+                    {
+                        **_ok("201", _ref("CreatedKey"), "Created"),
+                        "403": _error("key_limit_reached: the plan allows no more keys"),
+                    },
+                    _ref("NewKey"),
+                ),
+                "get": _op("List a project's keys", _ok("200", key_list)),
+            },
+            "/keys/{kid}": {
+                "parameters": [KID],
+                "get": _op("Get a key with its IAM rules", _ok("200", _ref("Key"))),
+                "patch": _op(
+                    "Change a key; null removes a limit; a new recurring limit starts a new period",
+                    _ok("200", _ref("Key")),
+                    _ref("KeyChanges"),
+                ),
+                "delete": _op("Delete a key for good", {"204": {"description": "Deleted"}}),
+            },
+        },
+        "components": {
+            "schemas": SCHEMAS,
+            "securitySchemes": {"adminToken": {"type": "http", "scheme": "bearer"}},
+        },
+    }

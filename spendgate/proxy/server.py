@@ -1,0 +1,94 @@
+"""Running the gateway: embedded servers when none are configured, the admin token, the
+HTTP listener. `spendgate serve` and `spendgate migrate` call into here."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import sys
+from contextlib import ExitStack
+from pathlib import Path
+
+from aiohttp import web
+
+from spendgate.config import Settings
+from spendgate.proxy.app import create_app
+from spendgate.storage.embedded import start_postgres, start_valkey
+from spendgate.storage.postgres import create_pool, migrate
+
+log = logging.getLogger(__name__)
+ADMIN_TOKEN_FILE = "admin_token"
+
+
+def say(message: str) -> None:
+    """Start-up facts for the person at the terminal (not the request log)."""
+    print(f"spendgate: {message}", file=sys.stderr, flush=True)
+
+
+def with_servers(settings: Settings, stack: ExitStack, *, redis: bool = True) -> Settings:
+    """Fill in the embedded PostgreSQL and Valkey for the servers not configured;
+    `stack` stops them."""
+    changes: dict[str, str] = {}
+    if settings.database_url is None:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        postgres = start_postgres(settings.data_dir)
+        stack.callback(postgres.stop)
+        changes["database_url"] = postgres.url
+        say(f"SPENDGATE_DATABASE_URL not set: started embedded PostgreSQL in {settings.data_dir}")
+    if redis and settings.redis_url is None:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        valkey = start_valkey(settings.data_dir)
+        stack.callback(valkey.stop)
+        changes["redis_url"] = valkey.url
+        say(f"SPENDGATE_REDIS_URL not set: started embedded Valkey at {valkey.url}")
+    return settings.replace(**changes) if changes else settings
+
+
+def with_admin_token(settings: Settings) -> Settings:
+    """Without SPENDGATE_ADMIN_TOKEN, use the one kept in the data dir (made once)."""
+    if settings.admin_token is not None:
+        return settings
+    path = admin_token_path(settings.data_dir)
+    if path.exists():
+        token = path.read_text(encoding="utf-8").strip()
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        token = "sga_" + secrets.token_urlsafe(32)
+        path.touch(mode=0o600)
+        path.write_text(token + "\n", encoding="utf-8")
+    say(f"SPENDGATE_ADMIN_TOKEN not set: admin token (kept in {path}): {token}")
+    return settings.replace(admin_token=token)
+
+
+def admin_token_path(data_dir: Path) -> Path:
+    return data_dir / ADMIN_TOKEN_FILE
+
+
+def serve(settings: Settings) -> None:
+    with ExitStack() as stack:
+        settings = with_admin_token(with_servers(settings, stack))
+        app = create_app(settings)
+        say(f"listening on http://{settings.host}:{settings.port} (admin API at /admin/v1)")
+        web.run_app(
+            app,
+            host=settings.host,
+            port=settings.port,
+            print=None,
+            access_log=None,
+            handle_signals=True,
+        )
+
+
+def run_migrations(settings: Settings) -> list[str]:
+    async def apply(dsn: str) -> list[str]:
+        pool = await create_pool(dsn, min_size=1, max_size=1)
+        try:
+            return await migrate(pool)
+        finally:
+            await pool.close()
+
+    with ExitStack() as stack:
+        settings = with_servers(settings, stack, redis=False)
+        assert settings.database_url is not None
+        return asyncio.run(apply(settings.database_url))
