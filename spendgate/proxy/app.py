@@ -5,24 +5,18 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 
-import asyncpg
 from aiohttp import web
-from redis.asyncio.client import Redis
 
 from spendgate.config import Settings
 from spendgate.enforcement.keys import Clock, SystemClock
 from spendgate.proxy.admin import ADMIN, PREFIX, AdminApi, admin_app, admin_auth_middleware
 from spendgate.proxy.errors import error_middleware
-from spendgate.storage.postgres import create_pool, migrate
-from spendgate.storage.redis_client import create_redis
-from spendgate.storage.redis_keys import KeyRecords
-from spendgate.storage.repository import Repository
+from spendgate.storage.backends import Backends, open_backends
 
 log = logging.getLogger(__name__)
 
 SETTINGS = web.AppKey("settings", Settings)
-PG_POOL = web.AppKey("pg_pool", asyncpg.Pool)
-REDIS = web.AppKey("redis", Redis)
+BACKENDS = web.AppKey("backends", Backends)
 
 
 def create_app(settings: Settings, clock: Clock | None = None) -> web.Application:
@@ -40,21 +34,12 @@ def create_app(settings: Settings, clock: Clock | None = None) -> web.Applicatio
     app[SETTINGS] = settings
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
-        assert settings.database_url is not None and settings.redis_url is not None
-        pool = await create_pool(settings.database_url)
-        redis = create_redis(settings.redis_url)
-        try:
-            applied = await migrate(pool)
-            if applied:
-                log.info("database migrated: %s", ", ".join(applied))
-            app[PG_POOL] = pool
-            app[REDIS] = redis
-            records = KeyRecords(redis, settings.redis_prefix, settings.buckets)
-            app[ADMIN] = AdminApi(Repository(pool), records, clock)
+        async with open_backends(settings) as backends:
+            if backends.migrations_applied:
+                log.info("database migrated: %s", ", ".join(backends.migrations_applied))
+            app[BACKENDS] = backends
+            app[ADMIN] = AdminApi(backends.repo, backends.records, clock)
             yield
-        finally:
-            await redis.aclose()
-            await pool.close()
 
     app.cleanup_ctx.append(resources)
     app.add_subapp(PREFIX, admin_app())

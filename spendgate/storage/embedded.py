@@ -3,7 +3,8 @@
 Both keep their data under one directory (`<data_dir>/postgres`, `<data_dir>/valkey`), so a
 restart on the same directory finds the keys, the ledger and the counters again. Both calls
 block and run before the event loop starts. Each server is stopped by `EmbeddedServer.stop()`
-or, failing that, at interpreter exit (both libraries register an atexit hook).
+or, failing that, at interpreter exit; a process killed without running its atexit hooks leaves
+its servers running, which the next start on the directory copes with.
 
 PostgreSQL listens on a unix socket only. A server already running on the same pgdata, started
 by this or another process or left behind by a crashed one, is reused; it stops when the last
@@ -14,6 +15,7 @@ one process: a Valkey left running on the same directory by a crashed process is
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import time
@@ -51,11 +53,17 @@ class EmbeddedServer:
     _stop: Callable[[], None] = field(repr=False, compare=False)
     _stopped: bool = field(default=False, init=False, repr=False, compare=False)
 
+    def __post_init__(self) -> None:
+        # The libraries have exit hooks of their own, but Valkey's waits for the daemon to be
+        # reaped, which can take seconds; ours runs first (atexit is LIFO) and is quick.
+        atexit.register(self.stop)
+
     def stop(self) -> None:
         """Stop the server (or release this process's hold on it); later calls do nothing."""
         if self._stopped:
             return
         self._stopped = True
+        atexit.unregister(self.stop)
         self._stop()
 
 

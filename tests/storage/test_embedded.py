@@ -18,7 +18,7 @@ from spendgate.storage.errors import StorageUnavailable
 Starter = Callable[[Path], EmbeddedServer]
 
 
-# Starting and stopping block (subprocesses, sleeps): keep them off the event loop.
+# Starting and stopping block (subprocesses, sleeps, files): keep them off the event loop.
 async def start(starter: Starter, data_dir: Path) -> EmbeddedServer:
     return await asyncio.to_thread(starter, data_dir)
 
@@ -117,25 +117,27 @@ async def test_a_second_start_on_the_same_dir_reuses_the_running_postgres(tmp_pa
 async def test_a_postgres_left_running_by_a_crash_is_reused_and_then_stopped(
     tmp_path: Path,
 ) -> None:
+    postmaster_pid = tmp_path / "postgres" / "postmaster.pid"
     await asyncio.to_thread(crash_after_starting, "postgres", tmp_path)
-    assert (tmp_path / "postgres" / "postmaster.pid").exists()
+    assert await asyncio.to_thread(postmaster_pid.exists)
     server = await start(start_postgres, tmp_path)
     try:
         assert await postgres_answers(server.url)
     finally:
         await stop(server)
     assert not await postgres_answers(server.url)
-    assert not (tmp_path / "postgres" / "postmaster.pid").exists()
+    assert not await asyncio.to_thread(postmaster_pid.exists)
 
 
 async def test_a_valkey_left_running_by_a_crash_is_replaced_keeping_its_data(
     tmp_path: Path,
 ) -> None:
+    pidfile = tmp_path / "valkey" / "valkey.pid"
     await asyncio.to_thread(crash_after_starting, "valkey", tmp_path)
-    leftover_pid = int((tmp_path / "valkey" / "valkey.pid").read_text())
+    leftover_pid = await asyncio.to_thread(pidfile.read_text)
     server = await start(start_valkey, tmp_path)
     try:
-        assert int((tmp_path / "valkey" / "valkey.pid").read_text()) != leftover_pid
+        assert await asyncio.to_thread(pidfile.read_text) != leftover_pid
         client = redis.Redis.from_url(server.url)
         assert await client.get("kept") == b"from the crashed process"
         await client.aclose()
@@ -146,12 +148,12 @@ async def test_a_valkey_left_running_by_a_crash_is_replaced_keeping_its_data(
 @pytest.mark.parametrize(
     ("starter", "backend"), [(start_postgres, "postgres"), (start_valkey, "redis")]
 )
-async def test_a_server_that_cannot_start_raises_storage_unavailable(
+def test_a_server_that_cannot_start_raises_storage_unavailable(
     tmp_path: Path, starter: Starter, backend: str
 ) -> None:
     not_a_dir = tmp_path / "file"
     not_a_dir.write_text("")
     with pytest.raises(StorageUnavailable) as caught:
-        await start(starter, not_a_dir)
+        starter(not_a_dir)
     assert caught.value.backend == backend
     assert isinstance(caught.value.__cause__, OSError)

@@ -1,0 +1,46 @@
+"""The long-lived storage resources of one process, opened and closed together."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import asyncpg
+from redis.asyncio.client import Redis
+
+from spendgate.config import Settings
+from spendgate.storage.postgres import create_pool, migrate
+from spendgate.storage.redis_client import create_redis
+from spendgate.storage.redis_keys import KeyRecords
+from spendgate.storage.repository import Repository
+
+
+@dataclass(frozen=True, slots=True)
+class Backends:
+    pool: asyncpg.Pool
+    redis: Redis
+    repo: Repository
+    records: KeyRecords
+    migrations_applied: list[str]
+
+
+@asynccontextmanager
+async def open_backends(settings: Settings) -> AsyncIterator[Backends]:
+    """Connect to Postgres (applying pending migrations) and Redis; close both after."""
+    if settings.database_url is None or settings.redis_url is None:
+        raise ValueError("open_backends needs database_url and redis_url")
+    pool = await create_pool(settings.database_url)
+    redis = create_redis(settings.redis_url)
+    try:
+        applied = await migrate(pool)
+        yield Backends(
+            pool=pool,
+            redis=redis,
+            repo=Repository(pool),
+            records=KeyRecords(redis, settings.redis_prefix, settings.buckets),
+            migrations_applied=applied,
+        )
+    finally:
+        await redis.aclose()
+        await pool.close()

@@ -1,0 +1,127 @@
+"""The CLI against a running app: it prints the token once and never again."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import json
+
+import pytest
+
+from spendgate.cli import main
+from tests.helpers import AdminClient
+from tests.proxy.conftest import ADMIN_TOKEN
+
+
+async def run_cli(
+    client: AdminClient, monkeypatch: pytest.MonkeyPatch, *argv: str
+) -> tuple[int, str, str]:
+    """Run `spendgate argv...` in a thread (it blocks on HTTP) against the test server."""
+    monkeypatch.setenv("SPENDGATE_ADMIN_TOKEN", ADMIN_TOKEN)
+    url = str(client.server.make_url("")).rstrip("/")
+
+    def run() -> tuple[int, str, str]:
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main([*argv[:2], "--url", url, *argv[2:]])
+        return code, out.getvalue(), err.getvalue()
+
+    return await asyncio.to_thread(run)
+
+
+async def test_project_and_key_lifecycle_through_the_cli(
+    client: AdminClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    code, out, _ = await run_cli(
+        client, monkeypatch, "projects", "create", "--name", "acme", "--plan", "pro", "--json"
+    )
+    assert code == 0
+    pid = json.loads(out)["id"]
+
+    code, out, _ = await run_cli(
+        client,
+        monkeypatch,
+        "keys",
+        "create",
+        "--project",
+        pid,
+        "--name",
+        "prod",
+        "--usage-limit",
+        "50",
+        "--recurring",
+        "500/1/month",
+    )
+    assert code == 0
+    token = next(word for word in out.split() if word.startswith("sgk_"))
+    assert "only time" in out
+
+    code, out, _ = await run_cli(client, monkeypatch, "keys", "list", "--project", pid)
+    assert code == 0
+    assert token not in out
+    assert f"sgk_{token[4:8]}...{token[-4:]}" in out
+    assert "$50 all-time, $500 / 1 month" in out
+    assert "1 of 20 keys used (pro plan)" in out
+
+    code, out, _ = await run_cli(client, monkeypatch, "keys", "list", "--project", pid, "--json")
+    kid = json.loads(out)["data"][0]["id"]
+    assert token not in out
+
+    code, out, _ = await run_cli(client, monkeypatch, "keys", "disable", kid)
+    assert code == 0 and "inactive" in out
+    code, out, _ = await run_cli(client, monkeypatch, "keys", "enable", kid, "--json")
+    assert json.loads(out)["status"] == "active"
+
+    code, out, err = await run_cli(
+        client,
+        monkeypatch,
+        "keys",
+        "set-limits",
+        kid,
+        "--usage-limit",
+        "none",
+        "--recurring",
+        "10/1/day",
+    )
+    assert code == 0 and "starts a new period" in err
+    code, out, _ = await run_cli(client, monkeypatch, "keys", "show", kid, "--json")
+    shown = json.loads(out)
+    assert shown["usage_limit"] is None
+    assert shown["recurring_limit"] == {"amount": "10", "every": 1, "unit": "day"}
+    assert token not in out
+
+    code, _, err = await run_cli(client, monkeypatch, "keys", "delete", kid)
+    assert code == 1 and "--yes" in err
+    code, out, _ = await run_cli(client, monkeypatch, "keys", "delete", kid, "--yes")
+    assert code == 0
+    code, _, err = await run_cli(client, monkeypatch, "keys", "show", kid)
+    assert code == 1 and "404" in err
+
+
+async def test_cli_reports_api_errors_and_bad_arguments(
+    client: AdminClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    code, _, err = await run_cli(
+        client, monkeypatch, "projects", "create", "--name", "x", "--key-limit", "3"
+    )
+    assert code == 1 and "400" in err and "key_limit" in err
+    code, _, err = await run_cli(client, monkeypatch, "keys", "set-limits", "key_x")
+    assert code == 1 and "--usage-limit" in err
+    code, _, err = await run_cli(
+        client, monkeypatch, "keys", "set-limits", "key_x", "--recurring", "10-day"
+    )
+    assert code == 2 and "AMOUNT/EVERY/UNIT" in err
+
+
+async def test_cli_without_a_reachable_gateway_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SPENDGATE_ADMIN_TOKEN", ADMIN_TOKEN)
+
+    def run() -> tuple[int, str]:
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            code = main(["projects", "list", "--url", "http://127.0.0.1:9"])
+        return code, err.getvalue()
+
+    code, err = await asyncio.to_thread(run)
+    assert code == 1 and "cannot reach" in err
