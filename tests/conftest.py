@@ -16,14 +16,20 @@ import asyncio
 import os
 import secrets
 import socket
-from collections.abc import Coroutine, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
+import redis.asyncio as redis
+from aiohttp import web
 
+from spendgate.config import Settings
+from spendgate.proxy.app import create_app
 from spendgate.storage.embedded import start_postgres, start_valkey
+from tests.helpers import ADMIN_TOKEN, AdminClient, FakeClock
 
 LOCAL_REDIS_URL = "redis://127.0.0.1:6379/0"
 LOCAL_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -133,3 +139,76 @@ def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     finally:
         if server is not None:
             server.stop()
+
+
+# -- the app on those servers -------------------------------------------------
+
+TABLES = "projects, api_keys, iam_rules, provider_credentials, usage_events"
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(datetime(2026, 1, 31, 10, 0, tzinfo=UTC))
+
+
+@pytest.fixture
+def redis_prefix() -> str:
+    return "sgtest-" + secrets.token_hex(6)
+
+
+@pytest.fixture
+def settings(database_url: str, redis_url: str, redis_prefix: str) -> Settings:
+    return Settings(
+        database_url=database_url,
+        redis_url=redis_url,
+        redis_prefix=redis_prefix,
+        admin_token=ADMIN_TOKEN,
+    )
+
+
+@pytest.fixture
+async def raw_redis(redis_url: str, redis_prefix: str) -> AsyncIterator[redis.Redis]:
+    """A plain client for asserting on Redis state; deletes the test's keys afterwards."""
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    async for name in client.scan_iter(match=f"{redis_prefix}:*", count=1000):
+        await client.delete(name)
+    await client.aclose()
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    """A connection for asserting on Postgres state; empties the tables afterwards."""
+    conn = await asyncpg.connect(database_url)
+    yield conn
+    if await conn.fetchval("SELECT to_regclass('api_keys') IS NOT NULL"):
+        await conn.execute(f"TRUNCATE {TABLES} CASCADE")
+    await conn.close()
+
+
+@pytest.fixture
+def app(settings: Settings, clock: FakeClock) -> web.Application:
+    return create_app(settings, clock=clock)
+
+
+@pytest.fixture
+async def client(
+    aiohttp_client: Callable[..., Awaitable[AdminClient]],
+    app: web.Application,
+    db: asyncpg.Connection,
+    raw_redis: redis.Redis,
+) -> AdminClient:
+    return await aiohttp_client(app, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+
+
+@pytest.fixture(autouse=True)
+def blockbuster() -> Iterator[None]:
+    """Fail any test in which spendgate's code blocks the event loop (file or socket I/O,
+    time.sleep...). Start-up (connecting, reading migrations and scripts) may block."""
+    from blockbuster import blockbuster_ctx
+
+    with blockbuster_ctx(["spendgate"], excluded_modules=["spendgate.cli"]) as buster:
+        for function in buster.functions.values():
+            function.can_block_in("spendgate/storage/backends.py", "open_backends")
+            function.can_block_in("spendgate/storage/redis_client.py", "load_script")
+        yield

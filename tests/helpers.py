@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from typing import Any
 
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 AdminClient = TestClient[web.Request, web.Application]
+ADMIN_TOKEN = "test-admin-token-0123456789"
+
+
+class FakeClock:
+    """A clock tests move by hand, so windows pass without sleeping."""
+
+    def __init__(self, start: datetime) -> None:
+        self.current = start
+
+    def now(self) -> datetime:
+        return self.current
+
+    def advance(self, delta: timedelta) -> None:
+        self.current += delta
 
 
 async def call(

@@ -10,8 +10,7 @@ import json
 import pytest
 
 from spendgate.cli import main
-from tests.helpers import AdminClient
-from tests.proxy.conftest import ADMIN_TOKEN
+from tests.helpers import ADMIN_TOKEN, AdminClient
 
 
 async def run_cli(

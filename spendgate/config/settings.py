@@ -114,7 +114,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
     try:
         with path.open("rb") as fh:
             return tomllib.load(fh)
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # TOMLDecodeError and UnicodeDecodeError too
         raise ConfigError(ENV_PREFIX + "CONFIG_FILE", f"cannot read {path}: {exc}") from exc
 
 

@@ -8,6 +8,8 @@ from spendgate.types import Nano
 
 NANO_PER_USD = 1_000_000_000
 MAX_NANO = 2**63 - 1  # fits a Postgres BIGINT and a Redis integer
+MAX_TEXT = 64  # characters of a money string; longer ones are refused unread
+_NUMBER_CHARS = frozenset("0123456789.-+eE")
 
 
 class MoneyError(ValueError):
@@ -22,32 +24,37 @@ def parse_usd(value: object) -> Nano:
     """
     if isinstance(value, bool) or not isinstance(value, str | int | Decimal):
         raise MoneyError("must be a decimal string or number in USD")
-    text = value if isinstance(value, str) else str(value)
-    text = text.strip()
-    if not text or not all(c.isdigit() or c in ".-+eE" for c in text):
-        raise MoneyError("must be a decimal string or number in USD")
-    try:
-        amount = Decimal(text)
-    except InvalidOperation as exc:
-        raise MoneyError("must be a decimal string or number in USD") from exc
-    if not amount.is_finite():
+    if isinstance(value, int):
+        if value < 0:
+            raise MoneyError("must not be negative")
+        if value > MAX_NANO // NANO_PER_USD:
+            raise MoneyError("is too large")
+        return value * NANO_PER_USD
+    if isinstance(value, str):
+        text = value.strip()
+        if len(text) > MAX_TEXT or not text or not all(c in _NUMBER_CHARS for c in text):
+            raise MoneyError("must be a decimal string or number in USD")
+        try:
+            value = Decimal(text)
+        except InvalidOperation as exc:
+            raise MoneyError("must be a decimal string or number in USD") from exc
+    if not value.is_finite():
         raise MoneyError("must be a finite number")
-    sign, digits, exponent = amount.as_tuple()
+    sign, digits, exponent = value.as_tuple()
     assert isinstance(exponent, int)  # finite
-    # Exact integer arithmetic: Decimal's context would round long inputs.
-    coefficient = int("".join(map(str, digits)) or "0")
-    if coefficient == 0:
+    # Exact arithmetic on the digits: Decimal's context would round long inputs.
+    while digits and digits[-1] == 0:
+        digits = digits[:-1]
+        exponent += 1
+    if not digits:
         return 0
     if sign:
         raise MoneyError("must not be negative")
-    while coefficient % 10 == 0:
-        coefficient //= 10
-        exponent += 1
     if exponent < -9:
         raise MoneyError("has more than 9 decimals")
-    if len(str(coefficient)) + exponent + 9 > 19:
+    if len(digits) + exponent + 9 > 19:
         raise MoneyError("is too large")
-    nano: int = coefficient * 10 ** (exponent + 9)
+    nano: int = int("".join(map(str, digits))) * 10 ** (exponent + 9)
     if nano > MAX_NANO:
         raise MoneyError("is too large")
     return nano

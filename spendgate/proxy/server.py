@@ -82,7 +82,7 @@ def serve(settings: Settings) -> None:
 
 def run_migrations(settings: Settings) -> list[str]:
     async def apply(dsn: str) -> list[str]:
-        pool = await create_pool(dsn, min_size=1, max_size=1)
+        pool = await create_pool(dsn, size=1)
         try:
             return await migrate(pool)
         finally:

@@ -37,10 +37,17 @@ async def postgres_errors() -> AsyncIterator[None]:
         raise StorageUnavailable("postgres") from exc
 
 
-async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
+async def create_pool(dsn: str, *, size: int = 8) -> asyncpg.Pool:
+    """A fixed-size pool, every connection opened now: asyncpg reads ~/.pgpass from disk
+    for each new connection, which must not happen on the event loop mid-request."""
     async with postgres_errors():
         pool = await asyncpg.create_pool(
-            dsn, min_size=min_size, max_size=max_size, timeout=5, command_timeout=10
+            dsn,
+            min_size=size,
+            max_size=size,
+            max_inactive_connection_lifetime=0,
+            timeout=5,
+            command_timeout=10,
         )
     assert pool is not None
     return pool

@@ -27,6 +27,9 @@ def create_redis(url: str) -> Redis:
         retry=Retry(NoBackoff(), 0),
         health_check_interval=0,
         decode_responses=False,
+        # No CLIENT SETINFO: it costs a round trip per new connection, and finding the
+        # library's version reads package metadata from disk on the event loop.
+        driver_info=None,
     )
 
 

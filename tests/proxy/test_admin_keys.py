@@ -12,8 +12,7 @@ import redis.asyncio as redis
 
 from spendgate.enforcement.keys import bucket_of
 from spendgate.enforcement.tokens import is_well_formed
-from tests.helpers import AdminClient, call
-from tests.proxy.conftest import FakeClock
+from tests.helpers import AdminClient, FakeClock, call
 
 
 async def new_project(client: AdminClient, plan: str = "free", **extra: Any) -> str:

@@ -9,8 +9,7 @@ import pytest
 from aiohttp import web
 
 from spendgate.proxy.app import create_app
-from tests.helpers import AdminClient, call
-from tests.proxy.conftest import ADMIN_TOKEN
+from tests.helpers import ADMIN_TOKEN, AdminClient, call
 
 LONG = "x" * 256
 

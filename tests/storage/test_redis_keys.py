@@ -40,13 +40,6 @@ async def records(redis_url: str, redis_prefix: str) -> AsyncIterator[KeyRecords
     await client.aclose()
 
 
-@pytest.fixture
-def redis_prefix() -> str:
-    import secrets
-
-    return "sgtest-" + secrets.token_hex(6)
-
-
 async def test_an_older_version_never_overwrites_a_newer_one(
     records: KeyRecords, redis_url: str
 ) -> None:
