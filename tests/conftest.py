@@ -201,6 +201,17 @@ async def client(
     return await aiohttp_client(app, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
 
 
+# Start-up code that may block: connecting, reading migrations and Lua scripts.
+STARTUP_FUNCTIONS = [
+    ("spendgate/storage/backends.py", ["open_backends"]),
+    ("spendgate/storage/postgres.py", ["create_pool", "migrations"]),
+    ("spendgate/storage/redis_client.py", ["load_script"]),
+    # asyncpg looks for ~/.pgpass when the pool replaces a lost connection: one stat on a
+    # reconnect, never on a healthy request.
+    ("asyncpg/connect_utils.py", ["_read_password_from_pgpass"]),
+]
+
+
 @pytest.fixture(autouse=True)
 def blockbuster() -> Iterator[None]:
     """Fail any test in which spendgate's code blocks the event loop (file or socket I/O,
@@ -209,6 +220,6 @@ def blockbuster() -> Iterator[None]:
 
     with blockbuster_ctx(["spendgate"], excluded_modules=["spendgate.cli"]) as buster:
         for function in buster.functions.values():
-            function.can_block_in("spendgate/storage/backends.py", "open_backends")
-            function.can_block_in("spendgate/storage/redis_client.py", "load_script")
+            for filename, functions in STARTUP_FUNCTIONS:
+                function.can_block_in(filename, functions)
         yield

@@ -124,3 +124,20 @@ async def test_cli_without_a_reachable_gateway_says_so(monkeypatch: pytest.Monke
 
     code, err = await asyncio.to_thread(run)
     assert code == 1 and "cannot reach" in err
+
+
+def test_migrate_command_is_idempotent(
+    database_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("SPENDGATE_DATABASE_URL", database_url)
+    assert main(["migrate"]) == 0
+    assert main(["migrate"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "up to date"
+
+
+def test_a_bad_setting_stops_the_cli_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("SPENDGATE_PORT", "eighty")
+    assert main(["migrate"]) == 1
+    assert "SPENDGATE_PORT" in capsys.readouterr().err

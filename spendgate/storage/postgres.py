@@ -25,6 +25,8 @@ _UNAVAILABLE = (
     asyncpg.InterfaceError,
     asyncpg.exceptions.AdminShutdownError,
     asyncpg.exceptions.CrashShutdownError,
+    # A connection the server dropped can be left mid-operation; the pool replaces it.
+    asyncpg.exceptions.InternalClientError,
 )
 
 
