@@ -206,9 +206,9 @@ STARTUP_FUNCTIONS = [
     ("spendgate/storage/backends.py", ["open_backends"]),
     ("spendgate/storage/postgres.py", ["create_pool", "migrations"]),
     ("spendgate/storage/redis_client.py", ["load_script"]),
-    # asyncpg looks for ~/.pgpass when the pool replaces a lost connection: one stat on a
-    # reconnect, never on a healthy request.
-    ("asyncpg/connect_utils.py", ["_read_password_from_pgpass"]),
+    # asyncpg looks for ~/.pgpass and ~/.postgresql certificates when the pool replaces a
+    # lost connection: a few stats on a reconnect, never on a healthy request.
+    ("asyncpg/connect_utils.py", ["_parse_connect_dsn_and_args"]),
 ]
 
 
