@@ -104,6 +104,10 @@ def test_parse_usd_of_a_json_number_parsed_as_decimal() -> None:
         ".",
         "0x10",
         "1/2",
+        "\u0661\u0662",  # Arabic-Indic digits: str.isdigit() is true, but not a USD amount
+        "\uff11",  # fullwidth 1
+        9_223_372_037,
+        "1" * 65,
     ],
 )
 def test_parse_usd_rejects(value: object) -> None:
