@@ -201,11 +201,12 @@ async def client(
     return await aiohttp_client(app, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
 
 
-# Start-up code that may block: connecting, reading migrations and Lua scripts.
+# Start-up code that may block: connecting, reading migrations, Lua scripts, providers.
 STARTUP_FUNCTIONS = [
     ("spendgate/storage/backends.py", ["open_backends"]),
     ("spendgate/storage/postgres.py", ["create_pool", "migrations"]),
     ("spendgate/storage/redis_client.py", ["load_script"]),
+    ("spendgate/config/catalog.py", ["load_catalog"]),
     # asyncpg looks for ~/.pgpass and ~/.postgresql certificates when the pool replaces a
     # lost connection: a few stats on a reconnect, never on a healthy request.
     ("asyncpg/connect_utils.py", ["_parse_connect_dsn_and_args"]),

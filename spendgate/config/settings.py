@@ -51,6 +51,15 @@ class Settings:
     # Seconds a process keeps a key record before asking Redis again; invalidation
     # messages drop entries at once, so this only bounds a missed message.
     key_cache_ttl: float = field(default=5.0, metadata=_env("KEY_CACHE_TTL"))
+    # Upstream timeouts in seconds: connecting; waiting for the first byte (and, in a
+    # stream, for each next chunk); a whole answer, streams included.
+    upstream_connect_timeout: float = field(default=10.0, metadata=_env("UPSTREAM_CONNECT_TIMEOUT"))
+    upstream_first_byte_timeout: float = field(
+        default=120.0, metadata=_env("UPSTREAM_FIRST_BYTE_TIMEOUT")
+    )
+    upstream_timeout: float = field(default=900.0, metadata=_env("UPSTREAM_TIMEOUT"))
+    # Seconds to keep reading a stream whose client went away, for the provider's usage.
+    disconnect_grace: float = field(default=2.0, metadata=_env("DISCONNECT_GRACE"))
     # Number of buckets API keys are spread over; fixed for the life of a deployment.
     buckets: int = field(default=64, metadata=_env("BUCKETS"))
 
@@ -62,8 +71,16 @@ class Settings:
         _check(self.mock_latency_ms >= 0, "MOCK_LATENCY_MS", "0 or more")
         _check(self.default_max_output_tokens > 0, "DEFAULT_MAX_OUTPUT_TOKENS", "1 or more")
         _check(self.max_body_bytes > 0, "MAX_BODY_BYTES", "1 or more")
-        _check(self.key_cache_ttl >= 0, "KEY_CACHE_TTL", "0 or more seconds")
+        _check(0 <= self.key_cache_ttl <= 3600, "KEY_CACHE_TTL", "0 to 3600 seconds")
+        _check(bool(self.host.strip()), "HOST", "an address to listen on")
         _check(1 <= self.buckets <= 16384, "BUCKETS", "1 to 16384")
+        for var, value in (
+            ("UPSTREAM_CONNECT_TIMEOUT", self.upstream_connect_timeout),
+            ("UPSTREAM_FIRST_BYTE_TIMEOUT", self.upstream_first_byte_timeout),
+            ("UPSTREAM_TIMEOUT", self.upstream_timeout),
+        ):
+            _check(0 < value <= 86400, var, "more than 0 and at most 86400 seconds")
+        _check(0 <= self.disconnect_grace <= 60, "DISCONNECT_GRACE", "0 to 60 seconds")
         _check(bool(self.redis_prefix), "REDIS_PREFIX", "not empty")
         _check(
             self.redis_prefix.isascii() and "{" not in self.redis_prefix,
@@ -81,7 +98,13 @@ class Settings:
         values: dict[str, Any] = {}
         config_file = env.get(ENV_PREFIX + "CONFIG_FILE")
         if config_file:
-            values.update(_read_toml(Path(config_file)))
+            known = {f.name for f in dataclasses.fields(cls)}
+            for key, value in _read_toml(Path(config_file)).items():
+                if key not in known:
+                    raise ConfigError(
+                        ENV_PREFIX + "CONFIG_FILE", f"{config_file}: {key}: unknown setting"
+                    )
+                values[key] = value
         for f in dataclasses.fields(cls):
             name = f.metadata["env"]
             if name in env:

@@ -127,3 +127,19 @@ class KeyChanges:
     status: Status | Unset = UNSET
     usage_limit: Nano | None | Unset = UNSET
     recurring_limit: RecurringLimit | None | Unset = UNSET
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """What the request path knows of a key before admission. Its status and counters
+    live in Redis and are checked by the admission script itself."""
+
+    key_id: str
+    project_id: str
+    window: Window | None
+    anchor: datetime | None  # to the millisecond
+
+    def period_at(self, now: datetime) -> Period | None:
+        if self.window is None or self.anchor is None:
+            return None
+        return period_at(self.window, self.anchor, now)

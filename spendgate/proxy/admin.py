@@ -154,7 +154,9 @@ class AdminApi:
             )
         )
         try:
-            await self.records.write(key, token_hash)
+            await self.records.write(
+                key, token_hash, counters=KeyUsage(period_start=key.period_anchor)
+            )
         except StorageUnavailable:
             # The token would be shown for a key the proxy cannot enforce: undo.
             await self.repo.delete_key(key.id)

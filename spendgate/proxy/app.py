@@ -2,31 +2,54 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator
+import os
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import suppress
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from spendgate.config import Settings
+from spendgate.config.catalog import Catalog, load_catalog
 from spendgate.enforcement.keys import Clock, SystemClock
 from spendgate.proxy.admin import ADMIN, PREFIX, AdminApi, admin_app, admin_auth_middleware
 from spendgate.proxy.errors import error_middleware
+from spendgate.proxy.gateway import Gateway
+from spendgate.proxy.mock_provider import MockProvider
+from spendgate.proxy.settler import Settler
+from spendgate.proxy.upstream import Upstreams, create_session
 from spendgate.storage.backends import Backends, open_backends
+from spendgate.storage.key_directory import KeyDirectory
+from spendgate.storage.redis_client import create_redis
+from spendgate.storage.spend import SpendStore
+from spendgate.storage.usage_writer import UsageWriter
 
 log = logging.getLogger(__name__)
 
 SETTINGS = web.AppKey("settings", Settings)
 BACKENDS = web.AppKey("backends", Backends)
+GATEWAY = web.AppKey("gateway", Gateway)
+WRITER = web.AppKey("usage_writer", UsageWriter)
 
 
-def create_app(settings: Settings, clock: Clock | None = None) -> web.Application:
+def create_app(
+    settings: Settings, clock: Clock | None = None, catalog: Catalog | None = None
+) -> web.Application:
     """The whole gateway as one aiohttp application. `settings` must name the servers
-    (`spendgate serve` fills in the embedded ones) and the admin token."""
+    (`spendgate serve` fills in the embedded ones) and the admin token. The catalog is
+    read from the providers file unless given."""
     if settings.database_url is None or settings.redis_url is None:
         raise ValueError("create_app needs database_url and redis_url")
     if settings.admin_token is None:
         raise ValueError("create_app needs admin_token")
     clock = clock or SystemClock()
+    if catalog is None:
+        catalog = load_catalog(
+            settings.providers_file, mock=settings.mock_provider, environ=os.environ
+        )
     app = web.Application(
         middlewares=[error_middleware, admin_auth_middleware(settings.admin_token)],
         client_max_size=settings.max_body_bytes,
@@ -34,13 +57,66 @@ def create_app(settings: Settings, clock: Clock | None = None) -> web.Applicatio
     app[SETTINGS] = settings
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
+        assert settings.redis_url is not None and catalog is not None
         async with open_backends(settings) as backends:
             if backends.migrations_applied:
                 log.info("database migrated: %s", ", ".join(backends.migrations_applied))
             app[BACKENDS] = backends
             app[ADMIN] = AdminApi(backends.repo, backends.records, clock)
-            yield
+            listener = create_redis(settings.redis_url, timeout=None)
+            directory = KeyDirectory(
+                backends.redis,
+                listener,
+                backends.records,
+                backends.repo,
+                clock,
+                ttl=settings.key_cache_ttl,
+            )
+            spend = SpendStore(backends.redis, settings.redis_prefix, settings.buckets)
+            settler = Settler(spend)
+            writer = UsageWriter(
+                backends.redis,
+                backends.pool,
+                prefix=settings.redis_prefix,
+                buckets=settings.buckets,
+                consumer=f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}",
+            )
+            session = create_session(settings)
+            mock = MockProvider(settings.mock_latency_ms) if settings.mock_provider else None
+            app[GATEWAY] = Gateway(
+                settings, catalog, directory, spend, Upstreams(session, mock), settler, clock
+            )
+            app[WRITER] = writer
+            listening = asyncio.Event()
+            invalidations = asyncio.create_task(directory.listen(listening), name="invalidations")
+            with suppress(TimeoutError):  # Redis down at start: the task keeps trying
+                async with asyncio.timeout(2):
+                    await listening.wait()
+            settler.start()
+            await writer.start()
+            try:
+                yield
+            finally:
+                invalidations.cancel()
+                with suppress(asyncio.CancelledError):
+                    await invalidations
+                await settler.stop()
+                await writer.stop()
+                await session.close()
+                await listener.aclose()
 
     app.cleanup_ctx.append(resources)
     app.add_subapp(PREFIX, admin_app())
+    app.router.add_post("/v1/chat/completions", _route(GATEWAY, Gateway.chat_completions))
+    app.router.add_get("/v1/models", _route(GATEWAY, Gateway.models))
     return app
+
+
+def _route(
+    key: web.AppKey[Gateway],
+    method: Callable[[Gateway, web.Request], Awaitable[web.StreamResponse]],
+) -> Handler:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return await method(request.app[key], request)
+
+    return handler

@@ -7,7 +7,9 @@ request id, logged once here.
 
 ApiError(status, type, code, message, param)    an HTTP-level refusal of the proxy itself
  ├── Unauthorized                                missing or wrong admin token
- └── InvalidJSON                                 a body that is not a JSON object
+ ├── InvalidJSON                                 a body that is not a JSON object
+ ├── UpstreamUnavailable                         the provider refused or dropped the call
+ └── UpstreamTimeout                             the provider did not answer in time
 """
 
 from __future__ import annotations
@@ -19,7 +21,16 @@ import orjson
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from spendgate.enforcement.errors import InvalidField, KeyLimitReached, NotFound
+from spendgate.enforcement.errors import (
+    ApiKeyDisabled,
+    InvalidApiKey,
+    InvalidField,
+    InvalidRequest,
+    KeyLimitReached,
+    LimitExceeded,
+    ModelNotFound,
+    NotFound,
+)
 from spendgate.storage.errors import StorageUnavailable
 
 log = logging.getLogger(__name__)
@@ -59,6 +70,20 @@ class InvalidJSON(ApiError):
         super().__init__(400, "invalid_request_error", "invalid_json", message)
 
 
+class UpstreamUnavailable(ApiError):
+    def __init__(self, provider: str) -> None:
+        super().__init__(
+            502, "api_error", "upstream_unavailable", f"the provider {provider} is unreachable"
+        )
+
+
+class UpstreamTimeout(ApiError):
+    def __init__(self, provider: str) -> None:
+        super().__init__(
+            504, "api_error", "upstream_timeout", f"the provider {provider} did not answer in time"
+        )
+
+
 def new_request_id() -> str:
     return "req_" + os.urandom(12).hex()
 
@@ -84,6 +109,16 @@ def to_api_error(exc: BaseException) -> ApiError | None:
         return exc
     if isinstance(exc, InvalidField):
         return ApiError(400, "invalid_request_error", "invalid_field", str(exc), exc.field or None)
+    if isinstance(exc, InvalidApiKey):
+        return ApiError(401, "invalid_request_error", "invalid_api_key", str(exc))
+    if isinstance(exc, ApiKeyDisabled):
+        return ApiError(401, "invalid_request_error", "api_key_disabled", str(exc))
+    if isinstance(exc, InvalidRequest):
+        return ApiError(400, "invalid_request_error", exc.code, str(exc), exc.param)
+    if isinstance(exc, ModelNotFound):
+        return ApiError(404, "invalid_request_error", "model_not_found", str(exc), "model")
+    if isinstance(exc, LimitExceeded):
+        return _limit_error(exc)
     if isinstance(exc, NotFound):
         return ApiError(404, "invalid_request_error", "not_found", str(exc))
     if isinstance(exc, KeyLimitReached):
@@ -94,6 +129,16 @@ def to_api_error(exc: BaseException) -> ApiError | None:
     if isinstance(exc, web.HTTPException) and exc.status >= 400:
         return _http_exception(exc)
     return None
+
+
+def _limit_error(exc: LimitExceeded) -> ApiError:
+    code = "usage_limit_exceeded" if exc.limit == "all_time" else "period_usage_limit_exceeded"
+    headers = {}
+    if exc.retry_after is not None:
+        headers["Retry-After"] = str(exc.retry_after)
+    if exc.resets_at is not None:
+        headers["x-spendgate-period-resets-at"] = exc.resets_at.isoformat().replace("+00:00", "Z")
+    return ApiError(429, "insufficient_quota", code, str(exc), headers=headers)
 
 
 def _http_exception(exc: web.HTTPException) -> ApiError:

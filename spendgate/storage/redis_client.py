@@ -19,10 +19,11 @@ from spendgate.storage.errors import StorageUnavailable
 SOCKET_TIMEOUT = 0.1
 
 
-def create_redis(url: str) -> Redis:
+def create_redis(url: str, *, timeout: float | None = SOCKET_TIMEOUT) -> Redis:
+    """A client for `url`; `timeout=None` for a subscriber that waits for messages."""
     return redis.Redis.from_url(
         url,
-        socket_timeout=SOCKET_TIMEOUT,
+        socket_timeout=timeout,
         socket_connect_timeout=SOCKET_TIMEOUT,
         retry=Retry(NoBackoff(), 0),
         health_check_interval=0,

@@ -50,10 +50,22 @@ class KeyRecords:
     def token_key(self, token_hash: bytes) -> str:
         return f"{self._prefix}:tok:{token_hash.hex()}"
 
-    async def write(self, key: ApiKey, token_hash: bytes | None = None) -> bool:
+    async def write(
+        self, key: ApiKey, token_hash: bytes | None = None, counters: KeyUsage | None = None
+    ) -> bool:
         """Write the key's configuration (and, for a new key, its token lookup), then tell
-        every process to drop its cached copy. Returns False if Redis held a newer one."""
+        every process to drop its cached copy. `counters` seed a record that has none (a new
+        key: zeros; a record Redis lost: the ledger's sums). Returns False if Redis held
+        the same version or a newer one."""
         anchor = "" if key.period_anchor is None else str(to_epoch_ms(key.period_anchor))
+        seed: list[str | int] = ["", "", ""]
+        if counters is not None:
+            start = counters.period_start
+            seed = [
+                counters.used,
+                counters.period_used,
+                "" if start is None else to_epoch_ms(start),
+            ]
         recurring = key.recurring_limit
         fields: list[str | int] = [
             "status",
@@ -71,7 +83,7 @@ class KeyRecords:
         ]
         async with redis_errors():
             applied = await self._sync(
-                keys=[self.record_key(key.id)], args=[key.version, 0, anchor, *fields]
+                keys=[self.record_key(key.id)], args=[key.version, 0, anchor, *seed, *fields]
             )
             if token_hash is not None:
                 await self._redis.set(self.token_key(token_hash), key.id)
@@ -84,7 +96,7 @@ class KeyRecords:
         async with redis_errors():
             await self._sync(
                 keys=[self.record_key(key.id)],
-                args=[key.version + 1, ttl_ms, "", "status", "deleted"],
+                args=[key.version + 1, ttl_ms, "", "", "", "", "status", "deleted"],
             )
             await self._redis.delete(self.token_key(token_hash))
             await self._redis.publish(self.invalidation_channel, key.id)

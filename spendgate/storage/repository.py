@@ -183,14 +183,18 @@ class Repository:
             )
         return [_key(r) for r in rows]
 
-    async def get_key(self, key_id: str) -> ApiKey:
+    async def find_key(self, key_id: str) -> ApiKey | None:
         async with postgres_errors():
             row = await self._pool.fetchrow(
                 f"SELECT {_KEY_COLUMNS} FROM api_keys k WHERE k.id = $1", key_id
             )
-        if row is None:
+        return None if row is None else _key(row)
+
+    async def get_key(self, key_id: str) -> ApiKey:
+        key = await self.find_key(key_id)
+        if key is None:
             raise NotFound("key", key_id)
-        return _key(row)
+        return key
 
     async def update_key(self, key_id: str, changes: KeyChanges, now: datetime) -> ApiKey:
         """Apply the given changes; a new recurring limit (or its removal) re-anchors the
@@ -235,6 +239,27 @@ class Repository:
                 raise NotFound("key", key_id)
             await conn.execute("DELETE FROM api_keys WHERE id = $1", key_id)
         return _key(row), bytes(row["token_hash"])
+
+    async def key_by_token_hash(self, token_hash: bytes) -> ApiKey | None:
+        async with postgres_errors():
+            row = await self._pool.fetchrow(
+                f"SELECT {_KEY_COLUMNS} FROM api_keys k WHERE k.token_hash = $1", token_hash
+            )
+        return None if row is None else _key(row)
+
+    async def ledger_usage(self, key_id: str, since: datetime | None) -> tuple[int, int]:
+        """A key's all-time cost in the ledger, and its cost since `since` (0 if None)."""
+        async with postgres_errors():
+            row = await self._pool.fetchrow(
+                """SELECT coalesce(sum(cost_nano), 0)::bigint AS used,
+                          coalesce(sum(cost_nano) FILTER (WHERE created_at >= $2), 0)::bigint
+                              AS period_used
+                   FROM usage_events WHERE key_id = $1""",
+                key_id,
+                since,
+            )
+        assert row is not None
+        return int(row["used"]), int(row["period_used"]) if since is not None else 0
 
     async def iam_rules(self, key_id: str) -> list[JSONObject]:
         """The key's rules in their stored order, as the API shows them."""

@@ -167,6 +167,8 @@ def test_empty_optional_values_mean_unset(var: str, empty: str) -> None:
         ("SPENDGATE_KEY_CACHE_TTL", "-1"),
         ("SPENDGATE_KEY_CACHE_TTL", "nan"),
         ("SPENDGATE_KEY_CACHE_TTL", "soon"),
+        ("SPENDGATE_KEY_CACHE_TTL", "inf"),
+        ("SPENDGATE_HOST", " "),
         ("SPENDGATE_BUCKETS", "0"),
         ("SPENDGATE_BUCKETS", "16385"),
         ("SPENDGATE_REDIS_PREFIX", ""),
@@ -277,8 +279,10 @@ def test_bad_toml_value_is_fixed_by_the_environment(tmp_path: Path) -> None:
 @pytest.mark.parametrize("text", ["colour = 'blue'\n", "[server]\nport = 1\n", "PORT = 1\n"])
 def test_unknown_key_in_the_toml_file_is_refused(tmp_path: Path, text: str) -> None:
     config = _write(tmp_path / "spendgate.toml", text)
-    with pytest.raises(ConfigError, match="unknown setting"):
+    with pytest.raises(ConfigError, match="unknown setting") as info:
         Settings.from_env({"SPENDGATE_CONFIG_FILE": str(config)})
+    assert info.value.name == "SPENDGATE_CONFIG_FILE"
+    assert str(config) in str(info.value)
 
 
 def test_missing_toml_file_names_the_config_variable(tmp_path: Path) -> None:

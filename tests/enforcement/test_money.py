@@ -126,6 +126,13 @@ def test_parse_usd_rejects_enormous_inputs_as_money_errors(value: object) -> Non
         parse_usd(value)
 
 
+def test_overlong_money_strings_are_refused_unread() -> None:
+    # Exactly 1 USD, but a wire value this long is refused before Decimal parses it.
+    assert parse_usd("1." + "0" * 8) == 1_000_000_000
+    with pytest.raises(MoneyError):
+        parse_usd("1." + "0" * 70)
+
+
 @pytest.mark.parametrize(
     ("nano", "text"),
     [

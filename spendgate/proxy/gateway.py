@@ -1,0 +1,263 @@
+"""The OpenAI-compatible proxy routes: authenticate, admit, forward, settle.
+
+Per request (DESIGN.md, "The request path"): the token is checked for shape, then looked
+up (process cache -> Redis -> Postgres); the body is parsed and the model resolved; ONE
+Redis script admits the request and reserves its estimate; the call goes to the
+provider; ONE Redis script settles the actual cost and appends the usage event, in a
+`finally`, whatever happened upstream.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from spendgate.config import Settings
+from spendgate.config.catalog import Catalog, Model
+from spendgate.enforcement import tokens
+from spendgate.enforcement.cost import Estimate, cost_nano, estimate_chat
+from spendgate.enforcement.errors import InvalidApiKey, InvalidRequest, ModelNotFound
+from spendgate.enforcement.keys import Clock, Principal
+from spendgate.enforcement.usage import Usage, UsageEvent
+from spendgate.enforcement.windows import to_epoch_ms
+from spendgate.proxy.errors import REQUEST_ID, REQUEST_ID_HEADER, ApiError, UpstreamUnavailable
+from spendgate.proxy.relay import CLIENT_CLOSED, relay_stream
+from spendgate.proxy.settler import Settler
+from spendgate.proxy.upstream import UpstreamReply, Upstreams
+from spendgate.storage.errors import RecordMissing, RecordStale
+from spendgate.storage.key_directory import KeyDirectory
+from spendgate.storage.spend import AdmissionRequest, Admitted, SpendStore
+
+
+@dataclass(slots=True)
+class Call:
+    """One admitted request on its way through the gateway."""
+
+    request_id: str
+    principal: Principal
+    model: Model
+    estimate: Estimate
+    admitted: Admitted
+    admitted_at_ms: int
+    started: float  # monotonic
+    stream: bool
+    client_wants_usage: bool
+
+    def event(self, usage: Usage, cost: int, status: int, finished: float) -> UsageEvent:
+        return UsageEvent(
+            request_id=self.request_id,
+            created_at_ms=self.admitted_at_ms,
+            key_id=self.principal.key_id,
+            project_id=self.principal.project_id,
+            model=self.model.full_id,
+            provider=self.model.provider,
+            usage=usage,
+            cost=cost,
+            status=status,
+            duration_ms=int((finished - self.started) * 1000),
+            billing="credits",
+            stream=self.stream,
+        )
+
+    def estimated_usage(self, completion_tokens: int) -> Usage:
+        """What a call without reported usage is charged for: the input estimate (an upper
+        bound) and the output the caller knows was produced."""
+        return Usage(self.estimate.input_tokens, completion_tokens)
+
+
+class Gateway:
+    def __init__(
+        self,
+        settings: Settings,
+        catalog: Catalog,
+        directory: KeyDirectory,
+        spend: SpendStore,
+        upstreams: Upstreams,
+        settler: Settler,
+        clock: Clock,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.catalog = catalog
+        self.directory = directory
+        self.spend = spend
+        self.upstreams = upstreams
+        self.settler = settler
+        self.clock = clock
+        self.monotonic = monotonic
+
+    # -- routes ------------------------------------------------------------------------
+
+    async def models(self, request: web.Request) -> web.Response:
+        await self._authenticate(request)
+        data = [
+            {"id": m.full_id, "object": "model", "created": 0, "owned_by": m.provider}
+            for m in self.catalog.models()
+        ]
+        return _json({"object": "list", "data": data})
+
+    async def chat_completions(self, request: web.Request) -> web.StreamResponse:
+        principal, token_hash = await self._authenticate(request)
+        body = await _read_body(request)
+        model = self._resolve(body)
+        estimate = estimate_chat(body, model.price, self.settings.default_max_output_tokens)
+        call = await self._admit(request, principal, token_hash, model, body, estimate)
+        upstream_body = self._upstream_body(body, model, call)
+        return await self._forward(request, call, "/chat/completions", upstream_body)
+
+    # -- steps -------------------------------------------------------------------------
+
+    async def _authenticate(self, request: web.Request) -> tuple[Principal, bytes]:
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not tokens.is_well_formed(token):
+            raise InvalidApiKey()
+        token_hash = tokens.hash_token(token)
+        principal = await self.directory.find(token_hash)
+        if principal is None:
+            raise InvalidApiKey()
+        return principal, token_hash
+
+    def _resolve(self, body: dict[str, Any]) -> Model:
+        name = body.get("model")
+        if not isinstance(name, str) or not name:
+            raise InvalidRequest("missing_model", "the body must name a model", "model")
+        model = self.catalog.resolve(name)
+        if model is None:
+            raise ModelNotFound(name)
+        return model
+
+    async def _admit(
+        self,
+        request: web.Request,
+        principal: Principal,
+        token_hash: bytes,
+        model: Model,
+        body: dict[str, Any],
+        estimate: Estimate,
+    ) -> Call:
+        now = self.clock.now()
+        choices = _positive_int(body.get("n")) or 1
+        admission = AdmissionRequest(
+            request_id=request[REQUEST_ID],
+            now=now,
+            input_cost=estimate.input_cost,
+            output_cost=estimate.output_cost,
+            output_price=estimate.output_price,
+            output_tokens=max(1, estimate.output_tokens // choices),
+            choices=choices,
+            hard=self.settings.enforcement == "hard",
+        )
+        try:
+            admitted = await self.spend.admit(principal, admission)
+        except (RecordStale, RecordMissing):
+            # The key changed (or Redis lost it) since this process cached it.
+            refreshed = await self.directory.refresh(token_hash)
+            if refreshed is None:
+                raise InvalidApiKey() from None
+            principal = refreshed
+            admitted = await self.spend.admit(principal, admission)
+        stream = body.get("stream") is True
+        options = body.get("stream_options")
+        return Call(
+            request_id=admission.request_id,
+            principal=principal,
+            model=model,
+            estimate=estimate,
+            admitted=admitted,
+            admitted_at_ms=to_epoch_ms(now),
+            started=self.monotonic(),
+            stream=stream,
+            client_wants_usage=isinstance(options, dict) and options.get("include_usage") is True,
+        )
+
+    def _upstream_body(self, body: dict[str, Any], model: Model, call: Call) -> dict[str, Any]:
+        upstream = dict(body)
+        upstream["model"] = model.id
+        if call.admitted.output_tokens is not None:  # hard mode lowered the output cap
+            field = "max_tokens" if "max_tokens" in body else "max_completion_tokens"
+            upstream.pop("max_tokens", None)
+            upstream[field] = call.admitted.output_tokens
+        provider = self.catalog.providers[model.provider]
+        if call.stream and provider.stream_usage:
+            options = body.get("stream_options")
+            upstream["stream_options"] = {
+                **(options if isinstance(options, dict) else {}),
+                "include_usage": True,
+            }
+        return upstream
+
+    async def _forward(
+        self, request: web.Request, call: Call, path: str, body: dict[str, Any]
+    ) -> web.StreamResponse:
+        provider = self.catalog.providers[call.model.provider]
+        try:
+            reply = await self.upstreams.send(
+                provider, path, orjson.dumps(body), body, provider.api_key, call.stream
+            )
+        except ApiError as exc:  # unreachable or timed out: nothing was delivered, no charge
+            await self._settle(call, Usage(), 0, exc.status)
+            raise
+        except BaseException:  # cancelled: settle later, never leak the reservation
+            self.settler.defer(call.event(Usage(), 0, CLIENT_CLOSED, self.monotonic()))
+            raise
+        if reply.streaming:
+            return await relay_stream(self, request, call, reply)
+        return await self._answer(call, reply)
+
+    async def _answer(self, call: Call, reply: UpstreamReply) -> web.Response:
+        """A whole answer: charge the reported usage; pass provider errors through."""
+        assert reply.body is not None
+        usage = Usage()
+        cost = 0
+        status = reply.status
+        if reply.status == 200:
+            try:
+                answer = orjson.loads(reply.body)
+            except orjson.JSONDecodeError:
+                await self._settle(call, usage, 0, 502)
+                raise UpstreamUnavailable(call.model.provider) from None
+            reported = Usage.from_openai(answer.get("usage")) if isinstance(answer, dict) else None
+            # Output was delivered: never free. Without a report, charge the estimate.
+            usage = reported or call.estimated_usage(call.estimate.output_tokens)
+            cost = cost_nano(call.model.price, usage)
+        await self._settle(call, usage, cost, status)
+        return web.Response(
+            status=status,
+            body=reply.body,
+            headers={"Content-Type": reply.content_type, REQUEST_ID_HEADER: call.request_id},
+        )
+
+    async def _settle(self, call: Call, usage: Usage, cost: int, status: int) -> None:
+        await self.settler.settle(call.event(usage, cost, status, self.monotonic()))
+
+
+async def _read_body(request: web.Request) -> dict[str, Any]:
+    content_type = request.headers.get("Content-Type")
+    if content_type is not None and "json" not in request.content_type:
+        raise InvalidRequest(
+            "invalid_json", "the body must be JSON, sent as Content-Type: application/json"
+        )
+    raw = await request.read()
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise InvalidRequest("invalid_json", "the body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("invalid_json", "the body must be a JSON object")
+    return body
+
+
+def _positive_int(value: Any) -> int | None:
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    return None
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")

@@ -1,0 +1,136 @@
+"""Relaying a streamed answer: events pass through as they arrive, never buffered whole.
+
+The gateway asks the provider for usage (`stream_options.include_usage`); the extra
+usage-only chunk that brings is withheld from a client that did not ask for it. The
+settle runs in a `finally` with the best figure there is:
+
+- the provider reported usage: that, whatever happened to the client;
+- the client went away: keep reading the provider for a short grace, for its usage;
+  otherwise the estimate of what was produced (never free);
+- the provider broke off without usage: the estimate of what was delivered (nothing
+  delivered, nothing charged); the client gets a final error event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import suppress
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from spendgate.enforcement.cost import cost_nano
+from spendgate.enforcement.usage import Usage
+from spendgate.proxy.errors import REQUEST_ID_HEADER
+from spendgate.proxy.sse import EventSplitter, chunk_usage, error_event, has_content, is_usage_only
+from spendgate.proxy.upstream import UpstreamCut, UpstreamReply
+from spendgate.storage.errors import StorageUnavailable
+from spendgate.storage.spend import RESERVATION_TTL
+
+if TYPE_CHECKING:
+    from spendgate.proxy.gateway import Call, Gateway
+
+CLIENT_CLOSED = 499
+EXTEND_EVERY = RESERVATION_TTL.total_seconds() / 3
+
+
+class _Tally:
+    """What a stream delivered: content events, and the usage the provider reported."""
+
+    def __init__(self) -> None:
+        self.splitter = EventSplitter()
+        self.usage: Usage | None = None
+        self.content = 0
+
+    def take(self, data: bytes) -> list[tuple[bytes, bool]]:
+        """Complete events in `data`, each with whether it is a usage-only chunk."""
+        events = []
+        for event in self.splitter.feed(data):
+            if has_content(event):
+                self.content += 1
+            usage = chunk_usage(event)
+            if usage is not None:
+                self.usage = usage
+            events.append((event, usage is not None and is_usage_only(event)))
+        return events
+
+
+async def relay_stream(
+    gateway: Gateway, request: web.Request, call: Call, reply: UpstreamReply
+) -> web.StreamResponse:
+    assert reply.chunks is not None
+    chunks = reply.chunks
+    tally = _Tally()
+    status = 200
+    response = web.StreamResponse(
+        status=200,
+        headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-cache",
+            REQUEST_ID_HEADER: call.request_id,
+        },
+    )
+    extend_at = gateway.monotonic() + EXTEND_EVERY
+    settled = False
+    try:
+        try:
+            await response.prepare(request)
+            async for data in chunks:
+                for event, usage_only in tally.take(data):
+                    if not usage_only or call.client_wants_usage:
+                        await response.write(event)
+                if gateway.monotonic() >= extend_at:
+                    extend_at = gateway.monotonic() + EXTEND_EVERY
+                    await _extend(gateway, call)
+            if rest := tally.splitter.remainder():
+                await response.write(rest)
+            await response.write_eof()
+        except UpstreamCut:
+            status = 502
+            with suppress(ConnectionError):
+                await response.write(
+                    error_event(
+                        "the provider's stream broke off", "api_error", "upstream_unavailable"
+                    )
+                )
+                await response.write_eof()
+        except ConnectionError:  # the client went away
+            status = CLIENT_CLOSED
+            await _drain(chunks, tally, gateway.settings.disconnect_grace)
+            tally.content = max(tally.content, 1)  # it asked and got (part of) an answer
+        usage = tally.usage or call.estimated_usage(tally.content)
+        cost = cost_nano(call.model.price, usage) if tally.usage or tally.content else 0
+        settled = True
+        await gateway.settler.settle(call.event(usage, cost, status, gateway.monotonic()))
+    finally:
+        reply.release()
+        if not settled:  # cancelled: charge what is known, later, never leak the reservation
+            usage = tally.usage or call.estimated_usage(max(tally.content, 1))
+            cost = cost_nano(call.model.price, usage)
+            gateway.settler.defer(call.event(usage, cost, CLIENT_CLOSED, gateway.monotonic()))
+    return response
+
+
+async def _drain(chunks: object, tally: _Tally, grace: float) -> None:
+    """Keep reading a stream whose client left, for up to `grace` seconds, until the
+    provider's usage arrives."""
+    iterator = chunks.__aiter__()  # type: ignore[attr-defined]
+    with suppress(TimeoutError, UpstreamCut):
+        async with asyncio.timeout(grace):
+            while tally.usage is None:
+                try:
+                    data = await iterator.__anext__()
+                except StopAsyncIteration:
+                    break
+                tally.take(data)
+    close = getattr(iterator, "aclose", None)
+    if close is not None:
+        with suppress(Exception):
+            await close()
+
+
+async def _extend(gateway: Gateway, call: Call) -> None:
+    until = gateway.clock.now() + timedelta(seconds=RESERVATION_TTL.total_seconds())
+    with suppress(StorageUnavailable):
+        await gateway.spend.extend(call.principal.key_id, call.request_id, until)

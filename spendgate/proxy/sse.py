@@ -1,0 +1,197 @@
+"""Pieces for relaying an upstream server-sent event stream.
+
+The relay passes every event through byte for byte and looks inside only where it must:
+the usage chunk (to settle), [DONE], and whether a chunk delivered output (to price a cut
+stream). Each check starts with a `bytes.find`, so an ordinary content chunk costs a few
+memchr-speed scans and no JSON parsing.
+
+Line endings: LF and CRLF (and a mix of them). A bare CR as a line ending, which the SSE
+spec allows but no LLM provider sends, is not recognised as an event boundary.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from spendgate.enforcement.usage import Usage
+
+DONE = b"data: [DONE]\n\n"
+
+# The blank line ending an event: "\n\n" (LF, or CRLF then LF) or "\n\r\n" (CRLF, or LF then CRLF).
+_LF_BLANK = b"\n\n"
+_CRLF_BLANK = b"\n\r\n"
+
+
+class EventSplitter:
+    """Incremental: feed raw bytes as they arrive, get complete SSE events back.
+
+    Each event comes back as the exact bytes received, its terminating blank line included,
+    so relaying the events in order reproduces the stream.
+    """
+
+    __slots__ = ("_buffer", "_scan")
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self._scan = 0  # where the next search resumes: earlier bytes hold no boundary
+
+    def feed(self, data: bytes) -> list[bytes]:
+        buffer = self._buffer + data if self._buffer else data
+        events: list[bytes] = []
+        start = 0
+        scan = self._scan
+        while True:
+            end = _event_end(buffer, scan)
+            if end < 0:
+                break
+            events.append(buffer[start:end])
+            start = scan = end
+        self._buffer = buffer[start:]
+        # A boundary is at most 3 bytes long: one may straddle the old tail and the next feed.
+        self._scan = max(0, len(self._buffer) - 2)
+        return events
+
+    def remainder(self) -> bytes:
+        """The bytes of an incomplete event still buffered (a stream that ended mid-event)."""
+        return self._buffer
+
+
+def _event_end(buffer: bytes, start: int) -> int:
+    """The index just past the first blank line at or after `start`, or -1."""
+    lf = buffer.find(_LF_BLANK, start)
+    if lf < 0:
+        crlf = buffer.find(_CRLF_BLANK, start)
+        return crlf + 3 if crlf >= 0 else -1
+    # A CRLF blank line ending no later than the LF one comes first.
+    crlf = buffer.find(_CRLF_BLANK, start, lf + 2)
+    return crlf + 3 if crlf >= 0 else lf + 2
+
+
+def event_data(event: bytes) -> bytes | None:
+    """The event's `data` field: its `data:` lines joined with "\\n"; None when it has none."""
+    body = event.rstrip(b"\r\n")
+    if body.startswith(b"data:") and b"\n" not in body and b"\r" not in body:
+        return body[6:] if body[5:6] == b" " else body[5:]  # the usual one-line event
+    lines: list[bytes] = []
+    for line in body.splitlines():  # bytes.splitlines splits on \n, \r\n and \r only
+        if not line.startswith(b"data"):
+            continue
+        if len(line) == 4:  # a bare "data" line: the field with an empty value
+            lines.append(b"")
+        elif line[4:5] == b":":
+            lines.append(line[6:] if line[5:6] == b" " else line[5:])
+    return b"\n".join(lines) if lines else None
+
+
+def is_done(event: bytes) -> bool:
+    return b"[DONE]" in event and event_data(event) == b"[DONE]"
+
+
+def _usage_chunk(event: bytes) -> dict[str, Any] | None:
+    """The parsed chunk when it may carry a non-null `usage` object, else None (unparsed)."""
+    if not _has_non_null_key(event, b'"usage"'):
+        return None
+    data = event_data(event)
+    if data is None:
+        return None
+    try:
+        chunk = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(chunk, dict) or not isinstance(chunk.get("usage"), dict):
+        return None
+    return chunk
+
+
+def _has_non_null_key(event: bytes, key: bytes) -> bool:
+    """Whether `key` (quoted) occurs as an object key whose value is not null.
+
+    Inside a JSON string a quote is escaped, so a quoted key can only match a real string
+    token; one followed by ':' is a key (at some depth: the caller parses to be sure).
+    """
+    at = event.find(key)
+    while at >= 0:
+        value = _value_start(event, at + len(key))
+        if value >= 0 and not event.startswith(b"null", value):
+            return True
+        at = event.find(key, at + len(key))
+    return False
+
+
+def _value_start(event: bytes, after_key: int) -> int:
+    """The index of the value after a key ending at `after_key`, or -1 if no ':' follows."""
+    i = after_key
+    n = len(event)
+    while i < n and event[i] in b" \t":
+        i += 1
+    if i >= n or event[i] != 0x3A:  # ":"
+        return -1
+    i += 1
+    while i < n and event[i] in b" \t":
+        i += 1
+    return i
+
+
+def chunk_usage(event: bytes) -> Usage | None:
+    """The usage a chunk reports: a non-null, well-formed top-level `usage` object."""
+    chunk = _usage_chunk(event)
+    return None if chunk is None else Usage.from_openai(chunk["usage"])
+
+
+def is_usage_only(event: bytes) -> bool:
+    """The extra chunk `stream_options.include_usage` adds: usage set, no choices."""
+    chunk = _usage_chunk(event)
+    return chunk is not None and not chunk.get("choices")
+
+
+# Keys of a chat delta or completion choice that carry output, most common first.
+_OUTPUT_KEYS = (
+    b'"content"',
+    b'"text"',
+    b'"tool_calls"',
+    b'"reasoning_content"',
+    b'"reasoning"',
+    b'"refusal"',
+    b'"function_call"',
+    b'"audio"',
+)
+
+
+def has_content(event: bytes) -> bool:
+    """Whether a chunk delivers output: a non-empty content, text, tool call, refusal or
+    reasoning value. The role-only first chunk (`"content": ""`), a finish chunk
+    (`"delta": {}`), a usage-only chunk, [DONE] and comments do not count.
+
+    A byte scan, no parsing: a chunk whose only output is an escaped string value that
+    happens to look like one of these keys cannot fool it (quotes inside strings are
+    escaped), but it trusts the chunk to be an OpenAI-shaped chunk.
+    """
+    for key in _OUTPUT_KEYS:
+        at = event.find(key)
+        while at >= 0:
+            value = _value_start(event, at + len(key))
+            if value >= 0 and _non_empty_value(event, value):
+                return True
+            at = event.find(key, at + len(key))
+    return False
+
+
+def _non_empty_value(event: bytes, i: int) -> bool:
+    if i >= len(event):
+        return False
+    first = event[i]
+    if first == 0x22:  # '"': a string, non-empty unless closed at once
+        return event[i + 1 : i + 2] != b'"'
+    if first in b"[{":
+        closing = b"]" if first == 0x5B else b"}"
+        rest = event[i + 1 : i + 64].lstrip(b" \t\r\n")
+        return not rest.startswith(closing)
+    return False  # null, false, numbers
+
+
+def error_event(message: str, type_: str, code: str) -> bytes:
+    """An OpenAI error envelope as an SSE event, for an error after streaming has started."""
+    envelope = {"error": {"message": message, "type": type_, "param": None, "code": code}}
+    return b"data: " + orjson.dumps(envelope) + b"\n\n"

@@ -1,0 +1,338 @@
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from spendgate.enforcement.usage import Usage
+from spendgate.proxy.sse import (
+    DONE,
+    EventSplitter,
+    chunk_usage,
+    error_event,
+    event_data,
+    has_content,
+    is_done,
+    is_usage_only,
+)
+
+# --- building streams ----------------------------------------------------------------------
+
+line_text = st.text(
+    alphabet=st.characters(codec="utf-8", exclude_characters="\r\n"),
+    min_size=1,
+    max_size=30,
+).map(lambda text: text.encode())
+# Field lines an event may carry besides data; a line is never empty (that ends the event).
+other_line = st.one_of(
+    line_text.map(lambda text: b":" + text),
+    line_text.map(lambda text: b"event: " + text),
+    st.integers(0, 10**6).map(lambda i: b"id: %d" % i),
+    st.just(b"retry: 1000"),
+)
+data_line = line_text.map(lambda text: b"data: " + text)
+newline = st.sampled_from([b"\n", b"\r\n"])
+
+
+@st.composite
+def events(draw: st.DrawFn, newlines: st.SearchStrategy[bytes] = newline) -> bytes:
+    lines = draw(st.lists(st.one_of(data_line, other_line), min_size=1, max_size=5))
+    return b"".join(line + draw(newlines) for line in lines) + draw(newlines)
+
+
+@st.composite
+def streams(draw: st.DrawFn) -> list[bytes]:
+    # One line-ending style per stream (as providers send), or a free mix of both.
+    style = draw(st.sampled_from([b"\n", b"\r\n", None]))
+    newlines = newline if style is None else st.just(style)
+    return draw(st.lists(events(newlines), min_size=0, max_size=8))
+
+
+def split(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({0, len(data), *(cut % (len(data) + 1) for cut in cuts)})
+    return [data[a:b] for a, b in zip(points, points[1:], strict=False)]
+
+
+def sse(obj: Any) -> bytes:
+    return b"data: " + orjson.dumps(obj) + b"\n\n"
+
+
+def chunk(delta: dict[str, Any] | None = None, finish: str | None = None, **extra: Any) -> bytes:
+    """An OpenAI chat.completion.chunk event."""
+    choice = {"index": 0, "delta": delta or {}, "logprobs": None, "finish_reason": finish}
+    head = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "m"}
+    return sse(head | {"system_fingerprint": "fp", "choices": [choice]} | extra)
+
+
+USAGE = {
+    "prompt_tokens": 12,
+    "completion_tokens": 7,
+    "total_tokens": 19,
+    "prompt_tokens_details": {"cached_tokens": 4, "audio_tokens": 0},
+    "completion_tokens_details": {"reasoning_tokens": 0},
+}
+USAGE_CHUNK = sse(
+    {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": []}
+    | {"usage": USAGE}
+)
+
+
+# --- EventSplitter -------------------------------------------------------------------------
+
+
+@settings(max_examples=400, deadline=None)
+@given(stream=streams(), cuts=st.lists(st.integers(0, 10_000), max_size=20))
+def test_any_split_of_a_stream_yields_its_events_unchanged(
+    stream: list[bytes], cuts: list[int]
+) -> None:
+    splitter = EventSplitter()
+    got: list[bytes] = []
+    for piece in split(b"".join(stream), cuts):
+        got += splitter.feed(piece)
+    assert got == stream
+    assert splitter.remainder() == b""
+
+
+@settings(deadline=None)
+@given(
+    stream=streams(),
+    tail=st.lists(data_line, min_size=1, max_size=3),
+    cuts=st.lists(st.integers(0, 10_000), max_size=10),
+)
+def test_an_unterminated_last_event_stays_in_the_remainder(
+    stream: list[bytes], tail: list[bytes], cuts: list[int]
+) -> None:
+    incomplete = b"\n".join(tail) + b"\n"  # lines ended, but no blank line after them
+    splitter = EventSplitter()
+    got: list[bytes] = []
+    for piece in split(b"".join(stream) + incomplete, cuts):
+        got += splitter.feed(piece)
+    assert got == stream
+    assert splitter.remainder() == incomplete
+
+
+def test_crlf_boundary_split_inside_the_blank_line() -> None:
+    splitter = EventSplitter()
+    assert splitter.feed(b"data: a\r\n\r") == []
+    assert splitter.feed(b"\ndata: b\r\n") == [b"data: a\r\n\r\n"]
+    assert splitter.feed(b"\r\ndata: c\n") == [b"data: b\r\n\r\n"]
+    assert splitter.feed(b"\n") == [b"data: c\n\n"]
+
+
+def test_several_events_in_one_feed() -> None:
+    stream = chunk({"content": "a"}) + chunk({"content": "b"}) + DONE
+    assert EventSplitter().feed(stream) == [
+        chunk({"content": "a"}),
+        chunk({"content": "b"}),
+        DONE,
+    ]
+
+
+# --- event_data ----------------------------------------------------------------------------
+
+
+@settings(deadline=None)
+@given(
+    values=st.lists(line_text, min_size=1, max_size=4),
+    others=st.lists(other_line, max_size=3),
+    nl=newline,
+)
+def test_event_data_joins_the_data_lines_with_newlines(
+    values: list[bytes], others: list[bytes], nl: bytes
+) -> None:
+    lines = others + [b"data: " + value for value in values]
+    event = b"".join(line + nl for line in lines) + nl
+    assert event_data(event) == b"\n".join(values)
+
+
+@pytest.mark.parametrize(
+    ("event", "data"),
+    [
+        (b"data: {}\n\n", b"{}"),
+        (b"data:{}\r\n\r\n", b"{}"),
+        (b"data:  two spaces\n\n", b" two spaces"),  # only one space is stripped
+        (b"data\n\n", b""),
+        (b"data:\ndata:\n\n", b"\n"),
+        (b"event: ping\ndata: x\nid: 3\n\n", b"x"),
+        (b"database: x\ndata: y\n\n", b"y"),  # "database" is another field
+        (b": keep-alive\n\n", None),
+        (b"event: ping\n\n", None),
+        (b"\n\n", None),
+    ],
+)
+def test_event_data(event: bytes, data: bytes | None) -> None:
+    assert event_data(event) == data
+
+
+# --- is_done -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("event", "done"),
+    [
+        (DONE, True),
+        (b"data:[DONE]\r\n\r\n", True),
+        (b": comment\ndata: [DONE]\n\n", True),
+        (sse({"text": "[DONE]"}), False),
+        (b"data: [DONE] \n\n", False),
+        (b": [DONE]\n\n", False),
+        (chunk({"content": "x"}), False),
+    ],
+)
+def test_is_done(event: bytes, done: bool) -> None:
+    assert is_done(event) is done
+
+
+# --- chunk_usage and is_usage_only ---------------------------------------------------------
+
+
+def test_the_usage_chunk_reports_usage_with_cached_tokens() -> None:
+    assert chunk_usage(USAGE_CHUNK) == Usage(12, 7, 4)
+    assert is_usage_only(USAGE_CHUNK)
+
+
+def usage_null_variants() -> list[bytes]:
+    obj = orjson.loads(event_data(chunk({"content": "hi"}, usage=None)) or b"")
+    compact = orjson.dumps(obj)
+    spaced = json.dumps(obj).encode()  # '"usage": null'
+    return [
+        b"data: " + compact + b"\n\n",
+        b"data: " + spaced + b"\n\n",
+        b"data: " + compact.replace(b'"usage":null', b'"usage" : null') + b"\n\n",
+        b"data: " + compact.replace(b'"usage":null', b'"usage":\tnull') + b"\r\n\r\n",
+    ]
+
+
+@pytest.mark.parametrize("event", usage_null_variants())
+def test_usage_null_is_no_usage(event: bytes) -> None:
+    assert b"null" in event
+    assert chunk_usage(event) is None
+    assert not is_usage_only(event)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        json.dumps(json.loads(event_data(USAGE_CHUNK) or b"")),  # '": "' spacing
+        json.dumps(json.loads(event_data(USAGE_CHUNK) or b""), indent=2),  # multi-line data
+    ],
+)
+def test_usage_chunk_in_other_json_layouts(text: str) -> None:
+    event = b"".join(b"data: " + line.encode() + b"\n" for line in text.splitlines()) + b"\n"
+    assert chunk_usage(event) == Usage(12, 7, 4)
+    assert is_usage_only(event)
+
+
+def test_usage_on_a_chunk_that_still_has_choices() -> None:
+    # Some providers put usage on the last content or finish chunk instead of a chunk of its own.
+    event = chunk({"content": "end"}, "stop", usage=USAGE)
+    assert chunk_usage(event) == Usage(12, 7, 4)
+    assert not is_usage_only(event)
+
+
+def test_usage_only_without_a_choices_key() -> None:
+    event = sse({"id": "c", "usage": USAGE})
+    assert is_usage_only(event)
+    assert chunk_usage(event) == Usage(12, 7, 4)
+
+
+def test_the_word_usage_inside_content_is_not_usage() -> None:
+    fake = '"usage": {"prompt_tokens": 5, "completion_tokens": 5}'
+    event = chunk({"content": fake}, usage=None)
+    assert chunk_usage(event) is None
+    assert not is_usage_only(event)
+    # ...and the real usage after such content is still found
+    assert chunk_usage(sse({"choices": [], "x": fake, "usage": USAGE})) == Usage(12, 7, 4)
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        b'data: {"choices": [], "usage": {"prompt_tokens": \n\n',  # cut JSON
+        sse({"choices": [], "usage": {"prompt_tokens": "12"}}),  # not a count
+        sse([{"usage": USAGE}]),  # not an object
+        sse({"choices": [], "nested": {"usage": USAGE}, "usage": None}),  # not top level
+        b": usage comment\n\n",
+        b'event: usage\ndata: "usage"\n\n',
+    ],
+)
+def test_malformed_or_misplaced_usage_is_none(event: bytes) -> None:
+    assert chunk_usage(event) is None
+
+
+def test_content_chunks_are_neither_usage_nor_usage_only() -> None:
+    for event in (chunk({"content": "x"}), chunk({"role": "assistant", "content": ""}), DONE):
+        assert chunk_usage(event) is None
+        assert not is_usage_only(event)
+
+
+# --- has_content ---------------------------------------------------------------------------
+
+
+def completion_chunk(text: str, finish: str | None = None) -> bytes:
+    choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+    return sse({"id": "cmpl-1", "object": "text_completion", "model": "m", "choices": [choice]})
+
+
+TOOL_CALL = {"index": 0, "id": "call_1", "type": "function", "function": {"name": "f"}}
+
+
+@pytest.mark.parametrize(
+    ("event", "delivers"),
+    [
+        (chunk({"role": "assistant", "content": "", "refusal": None}), False),
+        (chunk({"content": "Hello"}), True),
+        (chunk({"content": '"'}), True),
+        (chunk({"content": " "}), True),
+        (chunk({"content": None, "tool_calls": [TOOL_CALL]}), True),
+        (chunk({"tool_calls": []}), False),
+        (chunk({"reasoning_content": "thinking"}), True),
+        (chunk({"refusal": "no"}), True),
+        (chunk({}, "stop"), False),
+        (chunk({}, "stop", usage=None), False),
+        (USAGE_CHUNK, False),
+        (completion_chunk("Hi"), True),
+        (completion_chunk("", "stop"), False),
+        (
+            b"data: " + json.dumps({"choices": [{"delta": {"content": "x"}}]}).encode() + b"\n\n",
+            True,
+        ),
+        (
+            b"data: " + json.dumps({"choices": [{"delta": {"content": ""}}]}).encode() + b"\n\n",
+            False,
+        ),
+        (DONE, False),
+        (b": keep-alive\n\n", False),
+        (error_event("boom", "api_error", "upstream_unavailable"), False),
+    ],
+)
+def test_has_content(event: bytes, delivers: bool) -> None:
+    assert has_content(event) is delivers
+
+
+def test_has_content_looks_past_a_string_that_names_a_key() -> None:
+    # a content value equal to "content" is a value, not a key
+    assert has_content(chunk({"role": "assistant", "content": "content"}))
+    assert not has_content(sse({"choices": [{"delta": {"role": "content", "content": ""}}]}))
+
+
+# --- error_event ---------------------------------------------------------------------------
+
+
+def test_error_event_is_an_openai_error_envelope() -> None:
+    event = error_event('upstream "cut"\nthe stream', "api_error", "upstream_unavailable")
+    assert event.endswith(b"\n\n") and event.startswith(b"data: ")
+    assert EventSplitter().feed(event) == [event]  # one event, the message's newline escaped
+    assert orjson.loads(event_data(event) or b"") == {
+        "error": {
+            "message": 'upstream "cut"\nthe stream',
+            "type": "api_error",
+            "param": None,
+            "code": "upstream_unavailable",
+        }
+    }
+    assert not is_done(event)
