@@ -197,8 +197,10 @@ async def client(
     app: web.Application,
     db: asyncpg.Connection,
     raw_redis: redis.Redis,
-) -> AdminClient:
-    return await aiohttp_client(app, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+) -> AsyncIterator[AdminClient]:
+    client = await aiohttp_client(app, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    yield client
+    await client.close()  # stop the app before `db` empties the tables
 
 
 # Start-up code that may block: connecting, reading migrations, Lua scripts, providers.

@@ -12,7 +12,7 @@ Providers file (TOML, named by SPENDGATE_PROVIDERS_FILE)::
     [providers.local]
     base_url = "http://127.0.0.1:8000/v1"
     models = ["llama-3-8b", "bge-small"]
-    [providers.local.prices."llama-3-8b"]   # USD per million tokens, decimal strings
+    [providers.local.prices."llama-3-8b"]   # USD per million tokens: decimal strings (or integers)
     input_per_mtok = "0.05"
     output_per_mtok = "0.08"
     cached_input_per_mtok = "0.025"         # optional, default = input_per_mtok
@@ -189,10 +189,15 @@ class Catalog:
 
 def _mock_models() -> tuple[Provider, list[Model]]:
     usd = NANO_PER_USD
+    echo, free, embed = (
+        PriceTier(usd, 2 * usd, usd),
+        PriceTier(0, 0, 0),
+        PriceTier(usd // 10, 0, usd // 10),
+    )
     models = [
-        Model(MOCK, "echo-1", Price(PriceTier(usd, 2 * usd, usd)), free=False, kind="chat"),
-        Model(MOCK, "free-1", Price(PriceTier(0, 0, 0)), free=True, kind="chat"),
-        Model(MOCK, "embed-1", Price(PriceTier(usd // 10, 0, usd // 10)), False, "embedding"),
+        Model(MOCK, "echo-1", Price(echo), free=False, kind="chat"),
+        Model(MOCK, "free-1", Price(free), free=True, kind="chat"),
+        Model(MOCK, "embed-1", Price(embed), free=False, kind="embedding"),
     ]
     provider = Provider(MOCK, None, None, True, tuple(m.id for m in models))
     return provider, models

@@ -124,6 +124,8 @@ def to_api_error(exc: BaseException) -> ApiError | None:
     if isinstance(exc, KeyLimitReached):
         return ApiError(403, "permission_error", "key_limit_reached", str(exc))
     if isinstance(exc, StorageUnavailable):
+        cause = exc.__cause__
+        log.warning("%s unavailable: %s: %s", exc.backend, type(cause).__name__, cause)
         code = "enforcement_unavailable" if exc.backend == "redis" else "storage_unavailable"
         return ApiError(503, "api_error", code, f"{exc.backend} is unavailable, try again")
     if isinstance(exc, web.HTTPException) and exc.status >= 400:

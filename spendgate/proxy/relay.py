@@ -14,6 +14,7 @@ settle runs in a `finally` with the best figure there is:
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from contextlib import suppress
 from datetime import timedelta
 from typing import TYPE_CHECKING
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from spendgate.enforcement.cost import cost_nano
-from spendgate.enforcement.usage import Usage
+from spendgate.enforcement.usage import Usage, UsageEvent
 from spendgate.proxy.errors import REQUEST_ID_HEADER
 from spendgate.proxy.sse import EventSplitter, chunk_usage, error_event, has_content, is_usage_only
 from spendgate.proxy.upstream import UpstreamCut, UpstreamReply
@@ -72,7 +73,7 @@ async def relay_stream(
         },
     )
     extend_at = gateway.monotonic() + EXTEND_EVERY
-    settled = False
+    finished = False
     try:
         try:
             await response.prepare(request)
@@ -98,24 +99,44 @@ async def relay_stream(
         except ConnectionError:  # the client went away
             status = CLIENT_CLOSED
             await _drain(chunks, tally, gateway.settings.disconnect_grace)
-            tally.content = max(tally.content, 1)  # it asked and got (part of) an answer
-        usage = tally.usage or call.estimated_usage(tally.content)
-        cost = cost_nano(call.model.price, usage) if tally.usage or tally.content else 0
-        settled = True
-        await gateway.settler.settle(call.event(usage, cost, status, gateway.monotonic()))
+        finished = True
+        await gateway.settler.settle(_event(gateway, call, tally, status))
     finally:
-        reply.release()
-        if not settled:  # cancelled: charge what is known, later, never leak the reservation
-            usage = tally.usage or call.estimated_usage(max(tally.content, 1))
-            cost = cost_nano(call.model.price, usage)
-            gateway.settler.defer(call.event(usage, cost, CLIENT_CLOSED, gateway.monotonic()))
+        if finished:
+            reply.release()
+        else:  # cancelled (shutdown, or a server that cancels on disconnect)
+            gateway.settler.finish(_finish_abandoned(gateway, call, chunks, tally, reply))
     return response
 
 
-async def _drain(chunks: object, tally: _Tally, grace: float) -> None:
+def _event(gateway: Gateway, call: Call, tally: _Tally, status: int) -> UsageEvent:
+    """The usage event with the best figure there is (see the module docstring)."""
+    if tally.usage is not None:
+        usage = tally.usage
+    else:
+        produced = tally.content
+        if status == CLIENT_CLOSED:
+            produced = max(produced, 1)  # the client asked and got (part of) an answer
+        if produced == 0:
+            return call.event(Usage(), 0, status, gateway.monotonic())
+        usage = call.estimated_usage(produced)
+    return call.event(usage, cost_nano(call.model.price, usage), status, gateway.monotonic())
+
+
+async def _finish_abandoned(
+    gateway: Gateway, call: Call, chunks: AsyncIterator[bytes], tally: _Tally, reply: UpstreamReply
+) -> None:
+    try:
+        await _drain(chunks, tally, gateway.settings.disconnect_grace)
+        await gateway.settler.settle(_event(gateway, call, tally, CLIENT_CLOSED))
+    finally:
+        reply.release()
+
+
+async def _drain(chunks: AsyncIterator[bytes], tally: _Tally, grace: float) -> None:
     """Keep reading a stream whose client left, for up to `grace` seconds, until the
     provider's usage arrives."""
-    iterator = chunks.__aiter__()  # type: ignore[attr-defined]
+    iterator = chunks.__aiter__()
     with suppress(TimeoutError, UpstreamCut):
         async with asyncio.timeout(grace):
             while tally.usage is None:

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Coroutine
 from contextlib import suppress
+from typing import Any
 
 from spendgate.enforcement.usage import UsageEvent
 from spendgate.storage.errors import StorageUnavailable
@@ -27,6 +29,7 @@ class Settler:
         self._spend = spend
         self._queue: asyncio.Queue[UsageEvent] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
+        self._finishing: set[asyncio.Task[None]] = set()
 
     async def settle(self, event: UsageEvent) -> None:
         """Settle now; if that is not possible, leave it to the queue. Never raises
@@ -43,6 +46,13 @@ class Settler:
     def defer(self, event: UsageEvent) -> None:
         self._queue.put_nowait(event)
 
+    def finish(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run what a cancelled handler could not finish (e.g. reading the provider's usage
+        of an abandoned stream, then settling); stop() waits for it."""
+        task = asyncio.create_task(work)
+        self._finishing.add(task)
+        task.add_done_callback(self._finishing.discard)
+
     @property
     def pending(self) -> int:
         return self._queue.qsize()
@@ -51,9 +61,11 @@ class Settler:
         self._task = asyncio.create_task(self._run(), name="spendgate-settler")
 
     async def stop(self, timeout: float = 10.0) -> None:
-        """Let the queue drain (bounded by `timeout`), then stop the task."""
+        """Let unfinished work and the queue drain (bounded by `timeout`), then stop."""
         with suppress(TimeoutError):
             async with asyncio.timeout(timeout):
+                if self._finishing:
+                    await asyncio.wait(set(self._finishing))
                 await self._queue.join()
         if self._task is not None:
             self._task.cancel()

@@ -113,11 +113,17 @@ def _has_non_null_key(event: bytes, key: bytes) -> bool:
     """
     at = event.find(key)
     while at >= 0:
-        value = _value_start(event, at + len(key))
-        if value >= 0 and not event.startswith(b"null", value):
-            return True
-        at = event.find(key, at + len(key))
+        after = at + len(key)
+        # the two spellings of null that encoders produce, before the general walk
+        if not event.startswith(_NULLS, after):
+            value = _value_start(event, after)
+            if value >= 0 and not event.startswith(b"null", value):
+                return True
+        at = event.find(key, after)
     return False
+
+
+_NULLS = (b":null", b": null")
 
 
 def _value_start(event: bytes, after_key: int) -> int:

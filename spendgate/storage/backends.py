@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 
 import asyncpg
@@ -11,7 +11,8 @@ from redis.asyncio.client import Redis
 
 from spendgate.config import Settings
 from spendgate.storage.postgres import create_pool, migrate
-from spendgate.storage.redis_client import create_redis
+from spendgate.storage.errors import StorageUnavailable
+from spendgate.storage.redis_client import create_redis, warm_up
 from spendgate.storage.redis_keys import KeyRecords
 from spendgate.storage.repository import Repository
 
@@ -34,6 +35,8 @@ async def open_backends(settings: Settings) -> AsyncIterator[Backends]:
     redis = create_redis(settings.redis_url)
     try:
         applied = await migrate(pool)
+        with suppress(StorageUnavailable):  # Redis down at start: requests answer 503
+            await warm_up(redis)
         yield Backends(
             pool=pool,
             redis=redis,

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import math
+import socket
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from fractions import Fraction
@@ -291,8 +292,6 @@ kind = "chat"
         "gift": ("chat", True),
         "embed-but-chat": ("chat", False),
     }
-    only = catalog.resolve("local/only-in-prices")
-    assert only is None
     zero = catalog.resolve("zero-priced")
     assert zero is not None and zero.price.is_free
 
@@ -384,6 +383,18 @@ output_per_mtok = "1"
     assert gpt_4o is not None and gpt_4o.price == Price(PriceTier(7 * 10**9, 8 * 10**9, 7 * 10**9))
     embedding = catalog.resolve("openai/text-embedding-3-small")
     assert embedding is not None and embedding.kind == "embedding"
+
+
+def test_prices_never_touch_the_network(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the catalog must not open a connection")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    text = '[providers.openrouter]\nbase_url = "https://openrouter.ai/api/v1"\nmodels = "*"\n'
+    catalog = _load(tmp_path, text)
+    assert len(catalog.providers["openrouter"].models) > 100
+    assert data_snapshot.get_snapshot().from_auto_update is False
 
 
 def _genai_provider(provider_id: str) -> gp.Provider:

@@ -49,8 +49,10 @@ class Gateway:
         return got
 
     async def close(self) -> None:
+        """Close the SDK clients, then stop the app (before the tables are emptied)."""
         for client in self._clients:
             await client.close()
+        await self.admin.close()
 
 
 GatewayFactory = Callable[..., Awaitable[Gateway]]

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import json
+import re
+from types import SimpleNamespace
 from typing import Any
 
 import orjson
@@ -9,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from spendgate.enforcement.usage import Usage
+from spendgate.proxy import sse as sse_module
 from spendgate.proxy.sse import (
     DONE,
     EventSplitter,
@@ -95,6 +98,36 @@ def test_any_split_of_a_stream_yields_its_events_unchanged(
         got += splitter.feed(piece)
     assert got == stream
     assert splitter.remainder() == b""
+
+
+def reference_split(stream: bytes) -> tuple[list[bytes], bytes]:
+    """A slow, line-by-line model: an event ends at a line terminator (LF or CRLF) that
+    directly follows another terminator of the same event."""
+    events: list[bytes] = []
+    start = previous_end = 0
+    for match in re.finditer(rb"\r?\n", stream):
+        if match.start() == previous_end and previous_end > start:
+            events.append(stream[start : match.end()])
+            start = match.end()
+        previous_end = match.end()
+    return events, stream[start:]
+
+
+# Free sequences of lines, terminators and stray blank lines, in any order.
+raw_streams = st.lists(
+    st.sampled_from([b"data: x", b'data: {"a":1}', b": c", b"\n", b"\r\n", b"\n\n", b"\r\n\r\n"]),
+    max_size=30,
+).map(b"".join)
+
+
+@settings(max_examples=400, deadline=None)
+@given(stream=raw_streams, cuts=st.lists(st.integers(0, 10_000), max_size=20))
+def test_splitting_matches_a_line_by_line_model(stream: bytes, cuts: list[int]) -> None:
+    splitter = EventSplitter()
+    got: list[bytes] = []
+    for piece in split(stream, cuts):
+        got += splitter.feed(piece)
+    assert (got, splitter.remainder()) == reference_split(stream)
 
 
 @settings(deadline=None)
@@ -268,6 +301,35 @@ def test_content_chunks_are_neither_usage_nor_usage_only() -> None:
     for event in (chunk({"content": "x"}), chunk({"role": "assistant", "content": ""}), DONE):
         assert chunk_usage(event) is None
         assert not is_usage_only(event)
+
+
+def test_only_a_chunk_that_may_carry_usage_is_parsed(monkeypatch: pytest.MonkeyPatch) -> None:
+    parsed: list[bytes] = []
+
+    def loads(data: bytes) -> Any:
+        parsed.append(data)
+        return orjson.loads(data)
+
+    counting = SimpleNamespace(
+        loads=loads, dumps=orjson.dumps, JSONDecodeError=orjson.JSONDecodeError
+    )
+    monkeypatch.setattr(sse_module, "orjson", counting)
+    stream = [
+        chunk({"role": "assistant", "content": ""}, usage=None),
+        chunk({"content": "the usage"}, usage=None),
+        chunk({}, "stop", usage=None),
+        *usage_null_variants(),
+        b": keep-alive\n\n",
+        DONE,
+    ]
+    for event in stream:
+        assert chunk_usage(event) is None
+        assert not is_usage_only(event)
+        has_content(event)
+        is_done(event)
+    assert parsed == []
+    assert chunk_usage(USAGE_CHUNK) is not None
+    assert len(parsed) == 1
 
 
 # --- has_content ---------------------------------------------------------------------------

@@ -82,6 +82,11 @@ async def stream_state(client: redis.Redis, prefix: str) -> tuple[int, int]:
     return length, pending
 
 
+async def close_redis(client: redis.Redis) -> None:
+    await client.aclose()
+    await client.connection_pool.aclose()  # create_redis's client does not own its pool
+
+
 async def count_rows(db: asyncpg.Connection) -> int:
     return int(await db.fetchval("SELECT count(*) FROM usage_events"))
 
@@ -123,7 +128,7 @@ async def make_writer(
     yield make
     for writer, client in made:
         await writer.stop(drain_timeout=1)
-        await client.aclose()
+        await close_redis(client)
 
 
 class TcpLink:
@@ -385,7 +390,7 @@ async def test_redis_going_away_and_back_loses_nothing(
     await wait_until(partial(_rows_are, db, 1 + BUCKETS), timeout=4)
     await wait_until(partial(_streams_empty, raw_redis, redis_prefix))
     await writer.stop()
-    await client.aclose()
+    await close_redis(client)
     await link.cut()
 
 
