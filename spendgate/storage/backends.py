@@ -10,8 +10,8 @@ import asyncpg
 from redis.asyncio.client import Redis
 
 from spendgate.config import Settings
-from spendgate.storage.postgres import create_pool, migrate
 from spendgate.storage.errors import StorageUnavailable
+from spendgate.storage.postgres import create_pool, migrate
 from spendgate.storage.redis_client import create_redis, warm_up
 from spendgate.storage.redis_keys import KeyRecords
 from spendgate.storage.repository import Repository
