@@ -65,7 +65,8 @@ SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::text[], $5::
 ON CONFLICT (request_id, created_at) DO NOTHING
 """
 
-# Rows are locked in id order so two writers touching the same keys cannot deadlock.
+# Rows are locked in id order so two writers touching the same keys cannot deadlock; NO KEY
+# UPDATE, like a plain UPDATE of a non-key column, so inserts referencing a key never wait.
 _TOUCH_KEYS = """
 WITH used AS (
     SELECT key_id, max(created_at) AS last
@@ -75,7 +76,7 @@ WITH used AS (
     SELECT k.id, used.last FROM api_keys k JOIN used ON used.key_id = k.id
     WHERE k.last_used_at IS NULL OR k.last_used_at < used.last
     ORDER BY k.id
-    FOR UPDATE OF k
+    FOR NO KEY UPDATE OF k
 )
 UPDATE api_keys k
 SET last_used_at = greatest(coalesce(k.last_used_at, '-infinity'), locked.last)
@@ -193,7 +194,8 @@ class UsageWriter:
     """One per process: a consumer in group "ledger" of every bucket's stream, writing the
     events to `usage_events` in batches. `start()` runs one background task; `stop()` drains
     it. `run_once()` is one round, for tests; it raises StorageUnavailable when a backend is
-    down, where the task logs, backs off and retries."""
+    down, where the task logs, backs off and retries. `batch_size` bounds each read of one
+    bucket (XREADGROUP / XAUTOCLAIM COUNT); a round inserts what all its reads returned."""
 
     def __init__(
         self,
@@ -493,7 +495,7 @@ class UsageWriter:
                 self._claim_cursors[bucket] = cursor
                 unfinished = True
         if entries:
-            log.info("usage writer: claimed %d stale events of other consumers", len(entries))
+            log.info("usage writer: claimed %d stale pending events", len(entries))
         return entries, unfinished
 
     async def _create_groups(self, buckets: Iterable[int]) -> None:

@@ -94,6 +94,24 @@ async def fake_upstream(
     return fake, server
 
 
+FakeGatewayFactory = Callable[..., Awaitable[tuple[FakeUpstream, Gateway]]]
+
+
+@pytest.fixture
+def via_fake(
+    make_gateway: GatewayFactory,
+    fake_upstream: tuple[FakeUpstream, TestServer],
+    tmp_path: Path,
+) -> FakeGatewayFactory:
+    """A gateway whose provider `fake` (model m1) is the fake upstream."""
+
+    async def make(**changes: Any) -> tuple[FakeUpstream, Gateway]:
+        fake, server = fake_upstream
+        return fake, await make_gateway(catalog=fake_catalog(server, tmp_path), **changes)
+
+    return make
+
+
 def fake_catalog(server: TestServer, tmp_path: Path) -> Catalog:
     """A catalog whose provider `fake` is the fake upstream, model m1 at $1/$2 per M."""
     path = tmp_path / "providers.toml"

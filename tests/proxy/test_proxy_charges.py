@@ -3,17 +3,19 @@ key usage == the sum of its ledger rows == price x reported tokens."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import asyncpg
 import openai
 import pytest
-from aiohttp.test_utils import TestServer
 
 from spendgate.enforcement.money import format_usd
-from tests.fakes.upstream import FakeUpstream
-from tests.proxy.conftest import UPSTREAM_KEY, Gateway, GatewayFactory, fake_catalog, ledger
+from tests.proxy.conftest import (
+    UPSTREAM_KEY,
+    FakeGatewayFactory,
+    Gateway,
+    ledger,
+)
 
 # mock/echo-1: $1 per M input, $2 per M output -> 1,000 and 2,000 nano per token.
 IN, OUT = 1000, 2000
@@ -122,13 +124,10 @@ async def test_the_free_model_costs_nothing(gateway: Gateway, db: asyncpg.Connec
 
 
 async def test_a_real_provider_gets_its_own_credential_and_the_real_model_id(
-    make_gateway: GatewayFactory,
-    fake_upstream: tuple[FakeUpstream, TestServer],
-    tmp_path: Path,
+    via_fake: FakeGatewayFactory,
     db: asyncpg.Connection,
 ) -> None:
-    fake, server = fake_upstream
-    gateway = await make_gateway(catalog=fake_catalog(server, tmp_path))
+    fake, gateway = await via_fake()
     key = await gateway.key()
     sdk = gateway.sdk(key["key"])
     fake.prompt_tokens, fake.completion_tokens = 1234, 567
@@ -149,13 +148,10 @@ async def test_a_real_provider_gets_its_own_credential_and_the_real_model_id(
 
 
 async def test_streams_to_a_real_provider_ask_for_usage_and_hide_it(
-    make_gateway: GatewayFactory,
-    fake_upstream: tuple[FakeUpstream, TestServer],
-    tmp_path: Path,
+    via_fake: FakeGatewayFactory,
     db: asyncpg.Connection,
 ) -> None:
-    fake, server = fake_upstream
-    gateway = await make_gateway(catalog=fake_catalog(server, tmp_path))
+    fake, gateway = await via_fake()
     key = await gateway.key()
     sdk = gateway.sdk(key["key"])
     fake.prompt_tokens, fake.completion_tokens = 40, 7

@@ -20,7 +20,7 @@ from spendgate.enforcement.tokens import generate_token
 from spendgate.proxy.app import create_app
 from tests.fakes.upstream import FakeUpstream
 from tests.helpers import ADMIN_TOKEN, FakeClock
-from tests.proxy.conftest import Gateway, GatewayFactory, fake_catalog, ledger
+from tests.proxy.conftest import FakeGatewayFactory, Gateway, GatewayFactory, fake_catalog, ledger
 
 HI: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
 
@@ -120,15 +120,12 @@ async def test_models_lists_the_catalog_for_a_valid_key(gateway: Gateway) -> Non
 
 @pytest.mark.parametrize("mode", ["error_500", "error_400"])
 async def test_a_provider_error_passes_through_and_costs_nothing(
-    make_gateway: GatewayFactory,
-    fake_upstream: tuple[FakeUpstream, TestServer],
-    tmp_path: Path,
+    via_fake: FakeGatewayFactory,
     db: asyncpg.Connection,
     mode: str,
 ) -> None:
-    fake, server = fake_upstream
+    fake, gateway = await via_fake()
     fake.mode = mode  # type: ignore[assignment]
-    gateway = await make_gateway(catalog=fake_catalog(server, tmp_path))
     key = await gateway.key()
     expected = openai.InternalServerError if mode == "error_500" else openai.BadRequestError
     for stream in (False, True):
@@ -163,16 +160,11 @@ async def test_an_unreachable_provider_is_502_and_costs_nothing(
 
 
 async def test_a_provider_too_slow_to_answer_is_504_and_costs_nothing(
-    make_gateway: GatewayFactory,
-    fake_upstream: tuple[FakeUpstream, TestServer],
-    tmp_path: Path,
+    via_fake: FakeGatewayFactory,
     db: asyncpg.Connection,
 ) -> None:
-    fake, server = fake_upstream
+    fake, gateway = await via_fake(upstream_first_byte_timeout=0.2)
     fake.mode, fake.delay = "slow_first_byte", 2.0
-    gateway = await make_gateway(
-        catalog=fake_catalog(server, tmp_path), upstream_first_byte_timeout=0.2
-    )
     key = await gateway.key()
     with pytest.raises(openai.APIStatusError) as failed:
         await gateway.sdk(key["key"]).chat.completions.create(model="fake/m1", messages=HI)
@@ -182,14 +174,11 @@ async def test_a_provider_too_slow_to_answer_is_504_and_costs_nothing(
 
 
 async def test_malformed_json_from_the_provider_is_502_and_costs_nothing(
-    make_gateway: GatewayFactory,
-    fake_upstream: tuple[FakeUpstream, TestServer],
-    tmp_path: Path,
+    via_fake: FakeGatewayFactory,
     db: asyncpg.Connection,
 ) -> None:
-    fake, server = fake_upstream
+    fake, gateway = await via_fake()
     fake.mode = "malformed_json"
-    gateway = await make_gateway(catalog=fake_catalog(server, tmp_path))
     key = await gateway.key()
     with pytest.raises(openai.APIStatusError) as failed:
         await gateway.sdk(key["key"]).chat.completions.create(model="fake/m1", messages=HI)
@@ -199,14 +188,11 @@ async def test_malformed_json_from_the_provider_is_502_and_costs_nothing(
 
 
 async def test_a_stream_cut_by_the_provider_charges_what_was_delivered(
-    make_gateway: GatewayFactory,
-    fake_upstream: tuple[FakeUpstream, TestServer],
-    tmp_path: Path,
+    via_fake: FakeGatewayFactory,
     db: asyncpg.Connection,
 ) -> None:
-    fake, server = fake_upstream
+    fake, gateway = await via_fake()
     fake.mode, fake.cut_after = "cut_stream", 3
-    gateway = await make_gateway(catalog=fake_catalog(server, tmp_path))
     key = await gateway.key()
     stream = await gateway.sdk(key["key"]).chat.completions.create(
         model="fake/m1", messages=HI, stream=True
@@ -271,16 +257,13 @@ async def test_a_client_that_disconnects_mid_stream_is_charged_the_providers_usa
 
 
 async def test_a_client_disconnect_that_cancels_the_handler_is_still_charged(
-    make_gateway: GatewayFactory,
-    fake_upstream: tuple[FakeUpstream, TestServer],
-    tmp_path: Path,
+    via_fake: FakeGatewayFactory,
     db: asyncpg.Connection,
 ) -> None:
     """aiohttp's test server cancels a handler whose client left, in the middle of reading
     the provider: the stream is settled anyway, at the estimate (never free)."""
-    fake, server = fake_upstream
+    fake, gateway = await via_fake()
     fake.mode, fake.delay = "slow_stream", 0.05
-    gateway = await make_gateway(catalog=fake_catalog(server, tmp_path))
     key = await gateway.key()
     await hang_up_after_first_event(gateway.base_url.removesuffix("/v1"), key["key"])
     rows = await ledger(db, key["id"], 1)
@@ -290,14 +273,11 @@ async def test_a_client_disconnect_that_cancels_the_handler_is_still_charged(
 
 
 async def test_a_stream_without_usage_is_charged_the_estimate_of_what_was_delivered(
-    make_gateway: GatewayFactory,
-    fake_upstream: tuple[FakeUpstream, TestServer],
-    tmp_path: Path,
+    via_fake: FakeGatewayFactory,
     db: asyncpg.Connection,
 ) -> None:
-    fake, server = fake_upstream
+    fake, gateway = await via_fake()
     fake.mode, fake.completion_tokens = "no_usage", 4
-    gateway = await make_gateway(catalog=fake_catalog(server, tmp_path))
     key = await gateway.key()
     stream = await gateway.sdk(key["key"]).chat.completions.create(
         model="fake/m1", messages=HI, stream=True

@@ -5,19 +5,16 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import asyncpg
 import openai
 import pytest
-from aiohttp.test_utils import TestServer
 from openai.types.chat import ChatCompletionMessageParam
 
 from spendgate.enforcement.money import format_usd
-from tests.fakes.upstream import FakeUpstream
 from tests.helpers import FakeClock, call
-from tests.proxy.conftest import Gateway, GatewayFactory, fake_catalog, ledger
+from tests.proxy.conftest import FakeGatewayFactory, Gateway, GatewayFactory, ledger
 
 HI: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
 COST = 1 * 1000 + 16 * 2000  # "hi" on mock/echo-1: 1 prompt token, 16 completion tokens
@@ -187,13 +184,10 @@ async def test_hard_mode_lowers_the_output_cap_to_what_the_budget_pays_for(
 
 
 async def test_in_flight_reservations_get_retry_after_one_second(
-    make_gateway: GatewayFactory,
-    fake_upstream: tuple[FakeUpstream, TestServer],
-    tmp_path: Path,
+    via_fake: FakeGatewayFactory,
 ) -> None:
-    fake, server = fake_upstream
+    fake, gateway = await via_fake()
     fake.mode, fake.delay, fake.completion_tokens = "slow_stream", 0.2, 3
-    gateway = await make_gateway(catalog=fake_catalog(server, tmp_path))
     # Without an output cap a call reserves 4,096 output tokens (8.2 milli-USD): one call
     # in flight fills the limit while the settled usage is still 0.
     key = await gateway.key(usage_limit="0.001")
