@@ -42,7 +42,7 @@ def create_redis(url: str, *, timeout: float | None = SOCKET_TIMEOUT) -> Redis:
         # library's version reads package metadata from disk on the event loop.
         driver_info=None,
     )
-    return redis.Redis(connection_pool=pool, decode_responses=False)
+    return redis.Redis.from_pool(pool)  # the client owns the pool: aclose() closes it
 
 
 async def warm_up(client: Redis) -> None:
