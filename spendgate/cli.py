@@ -250,6 +250,34 @@ def cmd_keys_set_limits(args: argparse.Namespace, settings: Settings) -> int:
     return patch_key(args, settings, body)
 
 
+def rules_lines(rules: list[dict[str, Any]]) -> list[str]:
+    if not rules:
+        return ["no IAM rules: the key may use every model"]
+    rows = []
+    for rule in rules:
+        kind = next(k for k in ("models", "providers", "pricing") if k in rule)
+        spec = rule[kind]
+        what = ", ".join(spec) if isinstance(spec, list) else json.dumps(spec)
+        rows.append([rule["id"], rule["effect"], rule["status"], kind, what])
+    return table(rows, ["ID", "EFFECT", "STATUS", "TYPE", "MATCHES"])
+
+
+def cmd_keys_iam_show(args: argparse.Namespace, settings: Settings) -> int:
+    emit(args, admin_call(args, settings, "GET", f"/keys/{args.key_id}/iam-rules"), rules_lines)
+    return 0
+
+
+def cmd_keys_iam_set(args: argparse.Namespace, settings: Settings) -> int:
+    text = sys.stdin.read() if args.rules == "-" else args.rules
+    try:
+        rules = json.loads(text)
+    except ValueError as exc:
+        raise CliError(f"the rules are not valid JSON: {exc}") from None
+    stored = admin_call(args, settings, "PUT", f"/keys/{args.key_id}/iam-rules", rules)
+    emit(args, stored, rules_lines)
+    return 0
+
+
 def cmd_keys_delete(args: argparse.Namespace, settings: Settings) -> int:
     if not args.yes:
         raise CliError(f"deleting {args.key_id} is permanent; repeat with --yes")
@@ -311,6 +339,19 @@ def build_parser() -> argparse.ArgumentParser:
     limits.add_argument("--usage-limit", help="all-time limit in USD, or none")
     limits.add_argument("--recurring", help="AMOUNT/EVERY/UNIT, or none")
     limits.set_defaults(func=cmd_keys_set_limits)
+    iam = keys.add_parser("iam", help="show or replace a key's IAM rules").add_subparsers(
+        dest="iam_action", required=True
+    )
+    show = iam.add_parser("show", parents=[client])
+    show.add_argument("key_id")
+    show.set_defaults(func=cmd_keys_iam_show)
+    replace = iam.add_parser("set", parents=[client], help="replace the rules")
+    replace.add_argument("key_id")
+    replace.add_argument(
+        "rules",
+        help='a JSON array, e.g. \'[{"effect": "allow", "models": ["gpt-4o*"]}]\', or - for stdin',
+    )
+    replace.set_defaults(func=cmd_keys_iam_set)
     delete = keys.add_parser("delete", parents=[client])
     delete.add_argument("key_id")
     delete.add_argument("--yes", action="store_true", help="confirm the deletion")

@@ -23,7 +23,7 @@ async def run_cli(
     def run() -> tuple[int, str, str]:
         out, err = io.StringIO(), io.StringIO()
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = main([*argv[:2], "--url", url, *argv[2:]])
+            code = main([*argv, "--url", url])
         return code, out.getvalue(), err.getvalue()
 
     return await asyncio.to_thread(run)
@@ -141,3 +141,34 @@ def test_a_bad_setting_stops_the_cli_naming_the_variable(
     monkeypatch.setenv("SPENDGATE_PORT", "eighty")
     assert main(["migrate"]) == 1
     assert "SPENDGATE_PORT" in capsys.readouterr().err
+
+
+async def test_iam_rules_through_the_cli(
+    client: AdminClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    code, out, _ = await run_cli(client, monkeypatch, "projects", "create", "--name", "a", "--json")
+    pid = json.loads(out)["id"]
+    code, out, _ = await run_cli(
+        client, monkeypatch, "keys", "create", "--project", pid, "--name", "k", "--json"
+    )
+    kid = json.loads(out)["id"]
+    code, out, _ = await run_cli(client, monkeypatch, "keys", "iam", "show", kid)
+    assert code == 0 and "no IAM rules" in out
+    rules = json.dumps(
+        [
+            {"effect": "allow", "models": ["gpt-4o*", "mock/*"]},
+            {"effect": "deny", "pricing": {"tier": "free"}},
+        ]
+    )
+    code, out, _ = await run_cli(client, monkeypatch, "keys", "iam", "set", kid, rules)
+    assert code == 0 and "gpt-4o*, mock/*" in out and '{"tier": "free"}' in out
+    code, out, _ = await run_cli(client, monkeypatch, "keys", "iam", "show", kid, "--json")
+    assert [r["effect"] for r in json.loads(out)] == ["allow", "deny"]
+    code, _, err = await run_cli(
+        client, monkeypatch, "keys", "iam", "set", kid, '[{"effect": "allow", "models": []}]'
+    )
+    assert code == 1 and "[0].models" in err
+    code, _, err = await run_cli(client, monkeypatch, "keys", "iam", "set", kid, "not json")
+    assert code == 1 and "not valid JSON" in err
+    code, out, _ = await run_cli(client, monkeypatch, "keys", "list", "--project", pid)
+    assert out.splitlines()[1].split()[-1] == "2"  # the IAM column counts the rules

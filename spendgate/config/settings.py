@@ -89,6 +89,8 @@ class Settings:
         )
         if self.metrics_port is not None:
             _check(0 < self.metrics_port < 65536, "METRICS_PORT", "a TCP port, 1-65535")
+        if self.secret_key is not None:
+            _check(len(self.secret_key) >= 16, "SECRET_KEY", "at least 16 characters")
         if self.admin_token is not None:
             _check(len(self.admin_token) >= 16, "ADMIN_TOKEN", "at least 16 characters")
 

@@ -8,6 +8,7 @@ EnforcementError
  ├── ApiKeyDisabled                    the key is inactive
  ├── InvalidRequest(code, message)     a proxy body the gateway cannot act on
  ├── ModelNotFound(model)              no provider serves the model
+ ├── AccessDenied(code, message)       an IAM rule keeps the key from the model
  └── LimitExceeded(limit, in_flight, resets_at)   the all-time or recurring limit is reached
 """
 
@@ -68,9 +69,18 @@ class InvalidRequest(EnforcementError):
 
 
 class ModelNotFound(EnforcementError):
-    def __init__(self, model: str) -> None:
-        super().__init__(f"the model {model!r} does not exist or is not served here")
+    def __init__(self, model: str, message: str | None = None) -> None:
+        super().__init__(message or f"the model {model!r} does not exist or is not served here")
         self.model = model
+
+
+class AccessDenied(EnforcementError):
+    """An IAM denial; `code` is model_not_allowed, provider_not_allowed or
+    pricing_not_allowed and the message names the deciding rule ids."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class LimitExceeded(EnforcementError):

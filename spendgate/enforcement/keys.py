@@ -7,8 +7,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Final, Literal, Protocol
 
+from spendgate.enforcement.iam import Rule
 from spendgate.enforcement.windows import Period, Window, period_at
-from spendgate.types import Nano
+from spendgate.types import JSONObject, Nano
 
 Plan = Literal["free", "pro", "enterprise"]
 Status = Literal["active", "inactive"]
@@ -77,7 +78,11 @@ class ApiKey:
     version: int
     created_at: datetime
     last_used_at: datetime | None
-    iam_rules_count: int
+    iam_rules: tuple[JSONObject, ...]  # as the API shows them, in their stored order
+
+    @property
+    def iam_rules_count(self) -> int:
+        return len(self.iam_rules)
 
     def period_at(self, now: datetime) -> Period | None:
         if self.recurring_limit is None or self.period_anchor is None:
@@ -138,6 +143,7 @@ class Principal:
     project_id: str
     window: Window | None
     anchor: datetime | None  # to the millisecond
+    rules: tuple[Rule, ...] = ()
 
     def period_at(self, now: datetime) -> Period | None:
         if self.window is None or self.anchor is None:

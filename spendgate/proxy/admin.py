@@ -17,7 +17,9 @@ import orjson
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
-from spendgate.enforcement import tokens
+from spendgate.config.catalog import Catalog
+from spendgate.enforcement import iam, tokens
+from spendgate.enforcement.errors import NotFound
 from spendgate.enforcement.keys import (
     ApiKey,
     Clock,
@@ -31,6 +33,7 @@ from spendgate.enforcement.money import format_usd
 from spendgate.proxy import admin_input
 from spendgate.proxy.errors import InvalidJSON, Unauthorized
 from spendgate.proxy.openapi import openapi_document
+from spendgate.storage.credentials import Credentials
 from spendgate.storage.errors import StorageUnavailable
 from spendgate.storage.redis_keys import KeyRecords
 from spendgate.storage.repository import Repository
@@ -96,8 +99,15 @@ def json_response(data: Any, status: int = 200) -> web.Response:
 
 
 async def read_json(request: web.Request) -> JSONObject:
+    value = await read_json_value(request)
+    if not isinstance(value, dict):
+        raise InvalidJSON("the body must be a JSON object")
+    return value
+
+
+async def read_json_value(request: web.Request) -> Any:
     try:
-        return admin_input.parse_body(await request.read())
+        return admin_input.parse_json(await request.read())
     except admin_input.BodyError as exc:
         raise InvalidJSON(str(exc)) from exc
 
@@ -107,6 +117,8 @@ class AdminApi:
     repo: Repository
     records: KeyRecords
     clock: Clock
+    credentials: Credentials
+    catalog: Catalog
 
     # -- projects --------------------------------------------------------
 
@@ -133,6 +145,34 @@ class AdminApi:
             current.id, changes.name, changes.plan, changes.key_limit
         )
         return json_response(project_json(project))
+
+    # -- BYOK credentials ------------------------------------------------
+
+    def _byok_provider(self, request: web.Request) -> str:
+        name = request.match_info["provider"]
+        provider = self.catalog.providers.get(name)
+        if provider is None or provider.base_url is None:
+            raise NotFound("provider", name)
+        return name
+
+    async def put_credential(self, request: web.Request) -> web.Response:
+        """Store the project's own credential for a provider (encrypted; never returned)."""
+        provider = self._byok_provider(request)
+        body = await read_json(request)
+        api_key = admin_input.credential(body)
+        project_id = request.match_info["pid"]
+        await self.credentials.put(project_id, provider, api_key)
+        return json_response(await self._credentials_json(project_id, provider))
+
+    async def delete_credential(self, request: web.Request) -> web.Response:
+        provider = self._byok_provider(request)
+        if not await self.credentials.delete(request.match_info["pid"], provider):
+            raise NotFound("credential", provider)
+        return web.Response(status=204)
+
+    async def _credentials_json(self, project_id: str, provider: str) -> JSONObject:
+        providers = await self.credentials.providers(project_id)
+        return {"project_id": project_id, "provider": provider, "byok_providers": providers}
 
     # -- keys ------------------------------------------------------------
 
@@ -182,7 +222,7 @@ class AdminApi:
     async def _key_response(self, key: ApiKey) -> web.Response:
         usage = await self.records.usage([key.id])
         data = key_json(key, usage[key.id], self.clock.now())
-        data["iam_rules"] = await self.repo.iam_rules(key.id)
+        data["iam_rules"] = list(key.iam_rules)
         return json_response(data)
 
     async def get_key(self, request: web.Request) -> web.Response:
@@ -196,6 +236,18 @@ class AdminApi:
         key = await self.repo.update_key(key_id, changes, truncate_ms(self.clock.now()))
         await self.records.write(key)
         return await self._key_response(key)
+
+    async def get_rules(self, request: web.Request) -> web.Response:
+        key = await self.repo.get_key(request.match_info["kid"])
+        return json_response(list(key.iam_rules))
+
+    async def put_rules(self, request: web.Request) -> web.Response:
+        """Replace the key's rules; a bad rule refuses the whole list (the old rules stay)."""
+        body = await read_json_value(request)
+        rules = iam.parse_rules(body, new_id=lambda: tokens.new_id("rule"))
+        key = await self.repo.replace_rules(request.match_info["kid"], rules)
+        await self.records.write(key)
+        return json_response(list(key.iam_rules))
 
     async def delete_key(self, request: web.Request) -> web.Response:
         key = await self.repo.get_key(request.match_info["kid"])
@@ -227,11 +279,15 @@ def admin_app() -> web.Application:
             web.get("/projects", _route(AdminApi.list_projects)),
             web.get("/projects/{pid}", _route(AdminApi.get_project)),
             web.patch("/projects/{pid}", _route(AdminApi.update_project)),
+            web.put("/projects/{pid}/providers/{provider}", _route(AdminApi.put_credential)),
+            web.delete("/projects/{pid}/providers/{provider}", _route(AdminApi.delete_credential)),
             web.post("/projects/{pid}/keys", _route(AdminApi.create_key)),
             web.get("/projects/{pid}/keys", _route(AdminApi.list_keys)),
             web.get("/keys/{kid}", _route(AdminApi.get_key)),
             web.patch("/keys/{kid}", _route(AdminApi.update_key)),
             web.delete("/keys/{kid}", _route(AdminApi.delete_key)),
+            web.get("/keys/{kid}/iam-rules", _route(AdminApi.get_rules)),
+            web.put("/keys/{kid}/iam-rules", _route(AdminApi.put_rules)),
         ]
     )
     return admin

@@ -35,15 +35,13 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def parse_body(raw: bytes) -> JSONObject:
+def parse_json(raw: bytes) -> Any:
+    """Any JSON value; numbers with a fraction or exponent become Decimal."""
     try:
         text = raw.decode("utf-8")
-        value = json.loads(text, parse_float=Decimal, parse_constant=_reject_constant)
+        return json.loads(text, parse_float=Decimal, parse_constant=_reject_constant)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise BodyError("the body is not valid JSON") from exc
-    if not isinstance(value, dict):
-        raise BodyError("the body must be a JSON object")
-    return value
 
 
 def _only(body: JSONObject, allowed: tuple[str, ...], prefix: str = "") -> None:
@@ -182,3 +180,17 @@ def key_changes(body: JSONObject) -> KeyChanges:
     if "recurring_limit" in body:
         recurring = _recurring(body["recurring_limit"])
     return KeyChanges(name=name, status=status, usage_limit=usage_limit, recurring_limit=recurring)
+
+
+MAX_CREDENTIAL = 4096
+
+
+def credential(body: JSONObject) -> str:
+    """`{api_key}` of a BYOK PUT."""
+    _only(body, ("api_key",))
+    value = body.get("api_key")
+    if not isinstance(value, str) or not 1 <= len(value) <= MAX_CREDENTIAL:
+        raise InvalidField("api_key", f"must be a string of 1 to {MAX_CREDENTIAL} characters")
+    if value.strip() != value or any(c in value for c in "\r\n\x00"):
+        raise InvalidField("api_key", "must not contain line breaks, NUL or surrounding space")
+    return value

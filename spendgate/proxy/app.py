@@ -22,8 +22,9 @@ from spendgate.proxy.mock_provider import MockProvider
 from spendgate.proxy.settler import Settler
 from spendgate.proxy.upstream import Upstreams, create_session
 from spendgate.storage.backends import Backends, open_backends
+from spendgate.storage.credentials import Credentials, SecretBox
 from spendgate.storage.key_directory import KeyDirectory
-from spendgate.storage.redis_client import create_redis
+from spendgate.storage.redis_client import close_redis, create_redis
 from spendgate.storage.spend import SpendStore
 from spendgate.storage.usage_writer import UsageWriter
 
@@ -62,7 +63,11 @@ def create_app(
             if backends.migrations_applied:
                 log.info("database migrated: %s", ", ".join(backends.migrations_applied))
             app[BACKENDS] = backends
-            app[ADMIN] = AdminApi(backends.repo, backends.records, clock)
+            box = SecretBox(settings.secret_key) if settings.secret_key else None
+            credentials = Credentials(
+                backends.redis, backends.pool, box, prefix=settings.redis_prefix
+            )
+            app[ADMIN] = AdminApi(backends.repo, backends.records, clock, credentials, catalog)
             listener = create_redis(settings.redis_url, timeout=None)
             directory = KeyDirectory(
                 backends.redis,
@@ -84,11 +89,20 @@ def create_app(
             session = create_session(settings)
             mock = MockProvider(settings.mock_latency_ms) if settings.mock_provider else None
             app[GATEWAY] = Gateway(
-                settings, catalog, directory, spend, Upstreams(session, mock), settler, clock
+                settings,
+                catalog,
+                directory,
+                spend,
+                Upstreams(session, mock),
+                settler,
+                credentials,
+                clock,
             )
             app[WRITER] = writer
             listening = asyncio.Event()
-            invalidations = asyncio.create_task(directory.listen(listening), name="invalidations")
+            invalidations = asyncio.create_task(
+                directory.listen(listening, {"byok": credentials.drop}), name="invalidations"
+            )
             with suppress(TimeoutError):  # Redis down at start: the task keeps trying
                 async with asyncio.timeout(2):
                     await listening.wait()
@@ -103,11 +117,13 @@ def create_app(
                 await settler.stop()
                 await writer.stop()
                 await session.close()
-                await listener.aclose()
+                await close_redis(listener)
 
     app.cleanup_ctx.append(resources)
     app.add_subapp(PREFIX, admin_app())
     app.router.add_post("/v1/chat/completions", _route(GATEWAY, Gateway.chat_completions))
+    app.router.add_post("/v1/completions", _route(GATEWAY, Gateway.completions))
+    app.router.add_post("/v1/embeddings", _route(GATEWAY, Gateway.embeddings))
     app.router.add_get("/v1/models", _route(GATEWAY, Gateway.models))
     return app
 

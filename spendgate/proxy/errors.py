@@ -22,6 +22,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from spendgate.enforcement.errors import (
+    AccessDenied,
     ApiKeyDisabled,
     InvalidApiKey,
     InvalidField,
@@ -31,6 +32,7 @@ from spendgate.enforcement.errors import (
     ModelNotFound,
     NotFound,
 )
+from spendgate.storage.credentials import CredentialsDisabled, CredentialUnreadable
 from spendgate.storage.errors import StorageUnavailable
 
 log = logging.getLogger(__name__)
@@ -117,12 +119,19 @@ def to_api_error(exc: BaseException) -> ApiError | None:
         return ApiError(400, "invalid_request_error", exc.code, str(exc), exc.param)
     if isinstance(exc, ModelNotFound):
         return ApiError(404, "invalid_request_error", "model_not_found", str(exc), "model")
+    if isinstance(exc, AccessDenied):
+        return ApiError(403, "permission_error", exc.code, str(exc), "model")
     if isinstance(exc, LimitExceeded):
         return _limit_error(exc)
     if isinstance(exc, NotFound):
         return ApiError(404, "invalid_request_error", "not_found", str(exc))
     if isinstance(exc, KeyLimitReached):
         return ApiError(403, "permission_error", "key_limit_reached", str(exc))
+    if isinstance(exc, CredentialsDisabled):
+        return ApiError(400, "invalid_request_error", "byok_disabled", str(exc))
+    if isinstance(exc, CredentialUnreadable):
+        log.error("%s", exc)
+        return ApiError(500, "api_error", "credential_unreadable", str(exc))
     if isinstance(exc, StorageUnavailable):
         cause = exc.__cause__
         log.warning("%s unavailable: %s: %s", exc.backend, type(cause).__name__, cause)

@@ -19,9 +19,20 @@ from aiohttp import web
 
 from spendgate.config import Settings
 from spendgate.config.catalog import Catalog, Model
-from spendgate.enforcement import tokens
-from spendgate.enforcement.cost import Estimate, cost_nano, estimate_chat
-from spendgate.enforcement.errors import InvalidApiKey, InvalidRequest, ModelNotFound
+from spendgate.enforcement import iam, tokens
+from spendgate.enforcement.cost import (
+    Estimate,
+    cost_nano,
+    estimate_chat,
+    estimate_completion,
+    estimate_embedding,
+)
+from spendgate.enforcement.errors import (
+    AccessDenied,
+    InvalidApiKey,
+    InvalidRequest,
+    ModelNotFound,
+)
 from spendgate.enforcement.keys import Clock, Principal
 from spendgate.enforcement.usage import Usage, UsageEvent
 from spendgate.enforcement.windows import to_epoch_ms
@@ -29,6 +40,7 @@ from spendgate.proxy.errors import REQUEST_ID, REQUEST_ID_HEADER, ApiError, Upst
 from spendgate.proxy.relay import CLIENT_CLOSED, relay_stream
 from spendgate.proxy.settler import Settler
 from spendgate.proxy.upstream import UpstreamReply, Upstreams
+from spendgate.storage.credentials import Credentials
 from spendgate.storage.errors import RecordMissing, RecordStale
 from spendgate.storage.key_directory import KeyDirectory
 from spendgate.storage.spend import AdmissionRequest, Admitted, SpendStore
@@ -47,6 +59,8 @@ class Call:
     started: float  # monotonic
     stream: bool
     client_wants_usage: bool
+    api_key: str | None  # the provider credential the call goes with
+    billing: str  # "byok" when it is the project's own, else "credits"
 
     def event(self, usage: Usage, cost: int, status: int, finished: float) -> UsageEvent:
         return UsageEvent(
@@ -60,7 +74,7 @@ class Call:
             cost=cost,
             status=status,
             duration_ms=int((finished - self.started) * 1000),
-            billing="credits",
+            billing=self.billing,
             stream=self.stream,
         )
 
@@ -79,6 +93,7 @@ class Gateway:
         spend: SpendStore,
         upstreams: Upstreams,
         settler: Settler,
+        credentials: Credentials,
         clock: Clock,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -88,27 +103,58 @@ class Gateway:
         self.spend = spend
         self.upstreams = upstreams
         self.settler = settler
+        self.credentials = credentials
         self.clock = clock
         self.monotonic = monotonic
 
     # -- routes ------------------------------------------------------------------------
 
     async def models(self, request: web.Request) -> web.Response:
-        await self._authenticate(request)
+        """The models this key may use, as `provider/model` ids."""
+        principal, _ = await self._authenticate(request)
         data = [
             {"id": m.full_id, "object": "model", "created": 0, "owned_by": m.provider}
             for m in self.catalog.models()
+            if iam.evaluate(principal.rules, m) is None
         ]
         return _json({"object": "list", "data": data})
 
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._proxy(request, "/chat/completions", "chat", self._estimate_chat)
+
+    async def completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._proxy(request, "/completions", "chat", self._estimate_completion)
+
+    async def embeddings(self, request: web.Request) -> web.StreamResponse:
+        return await self._proxy(request, "/embeddings", "embedding", self._estimate_embedding)
+
+    def _estimate_chat(self, body: dict[str, Any], model: Model) -> Estimate:
+        return estimate_chat(body, model.price, self.settings.default_max_output_tokens)
+
+    def _estimate_completion(self, body: dict[str, Any], model: Model) -> Estimate:
+        return estimate_completion(body, model.price, self.settings.default_max_output_tokens)
+
+    def _estimate_embedding(self, body: dict[str, Any], model: Model) -> Estimate:
+        return estimate_embedding(body, model.price)
+
+    async def _proxy(
+        self,
+        request: web.Request,
+        path: str,
+        kind: str,
+        estimator: Callable[[dict[str, Any], Model], Estimate],
+    ) -> web.StreamResponse:
         principal, token_hash = await self._authenticate(request)
         body = await _read_body(request)
-        model = self._resolve(body)
-        estimate = estimate_chat(body, model.price, self.settings.default_max_output_tokens)
-        call = await self._admit(request, principal, token_hash, model, body, estimate)
+        model = self._resolve(body, kind, path)
+        denial = iam.evaluate(principal.rules, model)
+        if denial is not None:  # refused before any Redis write: costs nothing
+            raise AccessDenied(denial.code, denial.message)
+        estimate = estimator(body, model)
+        credential = await self._credential(principal, model)
+        call = await self._admit(request, principal, token_hash, model, body, estimate, credential)
         upstream_body = self._upstream_body(body, model, call)
-        return await self._forward(request, call, "/chat/completions", upstream_body)
+        return await self._forward(request, call, path, upstream_body)
 
     # -- steps -------------------------------------------------------------------------
 
@@ -123,14 +169,26 @@ class Gateway:
             raise InvalidApiKey()
         return principal, token_hash
 
-    def _resolve(self, body: dict[str, Any]) -> Model:
+    def _resolve(self, body: dict[str, Any], kind: str, path: str) -> Model:
         name = body.get("model")
         if not isinstance(name, str) or not name:
             raise InvalidRequest("missing_model", "the body must name a model", "model")
         model = self.catalog.resolve(name)
         if model is None:
             raise ModelNotFound(name)
+        if model.kind != kind:
+            raise ModelNotFound(name, f"the model {name!r} does not support /v1{path}")
         return model
+
+    async def _credential(self, principal: Principal, model: Model) -> tuple[str | None, str]:
+        """The credential the call goes upstream with, and how it is billed: the project's
+        own (BYOK) when it stored one for the provider, else the gateway's."""
+        provider = self.catalog.providers[model.provider]
+        if provider.base_url is not None:  # the built-in mock takes no credential
+            own = await self.credentials.lookup(principal.project_id, provider.name)
+            if own is not None:
+                return own, "byok"
+        return provider.api_key, "credits"
 
     async def _admit(
         self,
@@ -140,6 +198,7 @@ class Gateway:
         model: Model,
         body: dict[str, Any],
         estimate: Estimate,
+        credential: tuple[str | None, str],
     ) -> Call:
         now = self.clock.now()
         choices = _positive_int(body.get("n")) or 1
@@ -174,6 +233,8 @@ class Gateway:
             started=self.monotonic(),
             stream=stream,
             client_wants_usage=isinstance(options, dict) and options.get("include_usage") is True,
+            api_key=credential[0],
+            billing=credential[1],
         )
 
     def _upstream_body(self, body: dict[str, Any], model: Model, call: Call) -> dict[str, Any]:
@@ -198,7 +259,7 @@ class Gateway:
         provider = self.catalog.providers[call.model.provider]
         try:
             reply = await self.upstreams.send(
-                provider, path, orjson.dumps(body), body, provider.api_key, call.stream
+                provider, path, orjson.dumps(body), body, call.api_key, call.stream
             )
         except ApiError as exc:  # unreachable or timed out: nothing was delivered, no charge
             await self._settle(call, Usage(), 0, exc.status)

@@ -69,6 +69,25 @@ ERRORS = {
 }
 PID = {"name": "pid", "in": "path", "required": True, "schema": {"type": "string"}}
 KID = {"name": "kid", "in": "path", "required": True, "schema": {"type": "string"}}
+PROVIDER = {"name": "provider", "in": "path", "required": True, "schema": {"type": "string"}}
+PATTERNS = {
+    "type": "array",
+    "minItems": 1,
+    "maxItems": 100,
+    "items": {"type": "string", "minLength": 1, "maxLength": 255},
+}
+PRICING = {
+    "type": "object",
+    "additionalProperties": False,
+    "minProperties": 1,
+    "description": "tier, and ceilings in USD per million tokens",
+    "properties": {
+        "tier": {"type": "string", "enum": ["free", "paid"]},
+        "max_input_per_mtok": MONEY,
+        "max_output_per_mtok": MONEY,
+    },
+}
+RULE_LIST = {"type": "array", "items": {"$ref": "#/components/schemas/Rule"}}
 
 RECURRING_IN = {
     "type": ["object", "null"],
@@ -148,6 +167,49 @@ SCHEMAS: JSONObject = {
             },
             "iam_rules_count": {"type": "integer"},
             "iam_rules": {"type": "array", "items": {"type": "object"}},
+        },
+    },
+    "NewRule": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["effect"],
+        "properties": {
+            "effect": {"type": "string", "enum": ["allow", "deny"]},
+            "status": {"type": "string", "enum": ["active", "inactive"]},
+            "models": PATTERNS,
+            "providers": PATTERNS,
+            "pricing": PRICING,
+        },
+        "oneOf": [
+            {"required": ["models"]},
+            {"required": ["providers"]},
+            {"required": ["pricing"]},
+        ],
+    },
+    "Rule": {
+        "type": "object",
+        "required": ["id", "effect", "status"],
+        "properties": {
+            "id": {"type": "string"},
+            "effect": {"type": "string"},
+            "status": {"type": "string"},
+            "models": {"type": "array", "items": {"type": "string"}},
+            "providers": {"type": "array", "items": {"type": "string"}},
+            "pricing": {"type": "object"},
+        },
+    },
+    "Credential": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["api_key"],
+        "properties": {"api_key": {"type": "string", "minLength": 1, "maxLength": 4096}},
+    },
+    "Credentials": {
+        "type": "object",
+        "properties": {
+            "project_id": {"type": "string"},
+            "provider": {"type": "string"},
+            "byok_providers": {"type": "array", "items": {"type": "string"}},
         },
     },
     "CreatedKey": {
@@ -233,6 +295,24 @@ def openapi_document() -> JSONObject:
                     _ref("NewKey"),
                 ),
                 "get": _op("List a project's keys", _ok("200", key_list)),
+            },
+            "/projects/{pid}/providers/{provider}": {
+                "parameters": [PID, PROVIDER],
+                "put": _op(
+                    "Store the project's own credential for a provider (BYOK); never returned",
+                    _ok("200", _ref("Credentials")),
+                    _ref("Credential"),
+                ),
+                "delete": _op("Remove it", {"204": {"description": "Removed"}}),
+            },
+            "/keys/{kid}/iam-rules": {
+                "parameters": [KID],
+                "get": _op("A key's IAM rules", _ok("200", RULE_LIST)),
+                "put": _op(
+                    "Replace a key's IAM rules (written without ids; a bad rule changes nothing)",
+                    _ok("200", RULE_LIST),
+                    {"type": "array", "maxItems": 100, "items": _ref("NewRule")},
+                ),
             },
             "/keys/{kid}": {
                 "parameters": [KID],

@@ -12,7 +12,7 @@ from redis.asyncio.client import Redis
 from spendgate.config import Settings
 from spendgate.storage.errors import StorageUnavailable
 from spendgate.storage.postgres import create_pool, migrate
-from spendgate.storage.redis_client import create_redis, warm_up
+from spendgate.storage.redis_client import close_redis, create_redis, warm_up
 from spendgate.storage.redis_keys import KeyRecords
 from spendgate.storage.repository import Repository
 
@@ -45,5 +45,5 @@ async def open_backends(settings: Settings) -> AsyncIterator[Backends]:
             migrations_applied=applied,
         )
     finally:
-        await redis.aclose()
+        await close_redis(redis)
         await pool.close()

@@ -13,10 +13,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
+import orjson
 from redis.asyncio.client import Redis
 
+from spendgate.enforcement.iam import parse_rules
 from spendgate.enforcement.keys import ApiKey, Clock, KeyUsage, Principal
 from spendgate.enforcement.windows import Window, from_epoch_ms
 from spendgate.storage.errors import StorageUnavailable
@@ -28,7 +30,7 @@ log = logging.getLogger(__name__)
 
 UNKNOWN = b"-"
 UNKNOWN_TTL_MS = 5000
-_FIELDS = ("status", "project", "r_every", "r_unit", "anchor", "used")
+_FIELDS = ("status", "project", "r_every", "r_unit", "anchor", "used", "rules")
 
 
 class KeyDirectory:
@@ -126,9 +128,15 @@ class KeyDirectory:
         await self._records.write(key, token_hash, counters=counters)
         log.info("rebuilt the Redis record of key %s from Postgres", key.id)
 
-    async def listen(self, ready: asyncio.Event | None = None) -> None:
+    async def listen(
+        self,
+        ready: asyncio.Event | None = None,
+        others: Mapping[str, Callable[[str], None]] | None = None,
+    ) -> None:
         """Drop cached keys as invalidation messages arrive; runs until cancelled. After a
-        lost connection the whole cache is dropped (messages may have been missed)."""
+        lost connection the whole cache is dropped (messages may have been missed).
+        `others` routes messages "<kind>:<id>" (e.g. "byok:<project id>") to other caches."""
+        routes = dict(others or {})
         delay = 0.1
         while True:
             try:
@@ -141,8 +149,15 @@ class KeyDirectory:
                     delay = 0.1
                     try:
                         async for message in pubsub.listen():
-                            if message.get("type") == "message":
-                                self.drop(message["data"].decode())
+                            if message.get("type") != "message":
+                                continue
+                            data = message["data"].decode()
+                            kind, _, ident = data.partition(":")
+                            route = routes.get(kind) if ident else None
+                            if route is not None:
+                                route(ident)
+                            else:
+                                self.drop(data)
                     finally:
                         await pubsub.aclose()  # type: ignore[no-untyped-call]
             except StorageUnavailable:
@@ -158,7 +173,8 @@ def _principal(key_id: str, record: dict[str, str | None]) -> Principal:
         window = Window(int(record["r_every"] or 0), record["r_unit"])  # type: ignore[arg-type]
     anchor_ms = record.get("anchor")
     anchor = from_epoch_ms(int(anchor_ms)) if anchor_ms else None
-    return Principal(key_id, record.get("project") or "", window, anchor)
+    rules = tuple(parse_rules(orjson.loads(record.get("rules") or "[]")))
+    return Principal(key_id, record.get("project") or "", window, anchor, rules)
 
 
 def _text(value: bytes | str | None) -> str | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import resources
@@ -12,9 +13,11 @@ from redis.asyncio.connection import BlockingConnectionPool
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
-from redis.exceptions import ConnectionError, TimeoutError
+from redis.exceptions import ConnectionError, RedisError, TimeoutError
 
 from spendgate.storage.errors import StorageUnavailable
+
+log = logging.getLogger(__name__)
 
 # Redis unreachable must answer 503 at once rather than hang: a refused or unanswered
 # connect fails within CONNECT_TIMEOUT. A reply may take longer than that when the event
@@ -43,6 +46,15 @@ def create_redis(url: str, *, timeout: float | None = SOCKET_TIMEOUT) -> Redis:
         driver_info=None,
     )
     return redis.Redis.from_pool(pool)  # the client owns the pool: aclose() closes it
+
+
+async def close_redis(client: Redis) -> None:
+    """Close a client's connections. Closing is bounded by the connect timeout, which a
+    busy shutdown can exceed; that must not fail the shutdown."""
+    try:
+        await client.aclose()
+    except (RedisError, OSError) as exc:
+        log.debug("closing redis connections: %s", exc)
 
 
 async def warm_up(client: Redis) -> None:

@@ -8,6 +8,7 @@ Layout (every key of one API key shares the hash tag {b<N>}, see DESIGN.md "Scal
         project       project id
         limit         all-time limit in nano-USD, "" for none
         r_amount, r_every, r_unit      the recurring limit, "" for none
+        rules         the key's IAM rules, JSON as the admin API shows them
         anchor        period anchor, epoch ms, "" for none
         used          all-time settled usage, nano-USD          (counters, written by
         p_start       start of the period p_used belongs to, ms  the spend scripts; the
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import orjson
 from redis.asyncio.client import Redis
 
 from spendgate.enforcement.keys import ApiKey, KeyUsage, bucket_of
@@ -80,6 +82,8 @@ class KeyRecords:
             "" if recurring is None else recurring.window.every,
             "r_unit",
             "" if recurring is None else recurring.window.unit,
+            "rules",
+            orjson.dumps(key.iam_rules).decode(),
         ]
         async with redis_errors():
             applied = await self._sync(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -9,6 +10,7 @@ import asyncpg
 import orjson
 
 from spendgate.enforcement.errors import KeyLimitReached, NotFound
+from spendgate.enforcement.iam import Rule
 from spendgate.enforcement.keys import (
     UNSET,
     ApiKey,
@@ -21,7 +23,6 @@ from spendgate.enforcement.keys import (
 )
 from spendgate.enforcement.windows import Window
 from spendgate.storage.postgres import postgres_errors
-from spendgate.types import JSONObject
 
 _PROJECT_COLUMNS = """
     p.id, p.name, p.plan, p.key_limit, p.created_at,
@@ -31,7 +32,10 @@ _KEY_COLUMNS = """
     k.id, k.project_id, k.name, k.preview, k.status, k.usage_limit_nano,
     k.recurring_amount_nano, k.recurring_every, k.recurring_unit, k.period_anchor,
     k.version, k.created_at, k.last_used_at,
-    (SELECT count(*) FROM iam_rules r WHERE r.key_id = k.id) AS iam_rules_count
+    (SELECT coalesce(jsonb_agg(jsonb_build_object('id', r.id, 'effect', r.effect,
+                                                  'status', r.status, r.rule_type, r.spec)
+                               ORDER BY r.position), '[]')
+     FROM iam_rules r WHERE r.key_id = k.id) AS iam_rules
 """
 
 
@@ -64,7 +68,7 @@ def _key(row: asyncpg.Record) -> ApiKey:
         version=row["version"],
         created_at=row["created_at"],
         last_used_at=row["last_used_at"],
-        iam_rules_count=row["iam_rules_count"],
+        iam_rules=tuple(orjson.loads(row["iam_rules"])),
     )
 
 
@@ -261,23 +265,37 @@ class Repository:
         assert row is not None
         return int(row["used"]), int(row["period_used"]) if since is not None else 0
 
-    async def iam_rules(self, key_id: str) -> list[JSONObject]:
-        """The key's rules in their stored order, as the API shows them."""
-        async with postgres_errors():
-            rows = await self._pool.fetch(
-                "SELECT id, effect, status, rule_type, spec FROM iam_rules"
-                " WHERE key_id = $1 ORDER BY position",
+    async def replace_rules(self, key_id: str, rules: Sequence[Rule]) -> ApiKey:
+        """Replace a key's rules in one transaction; bumps the key's version."""
+        async with postgres_errors(), self._pool.acquire() as conn, conn.transaction():
+            found = await conn.fetchval("SELECT 1 FROM api_keys WHERE id = $1 FOR UPDATE", key_id)
+            if found is None:
+                raise NotFound("key", key_id)
+            await conn.execute("DELETE FROM iam_rules WHERE key_id = $1", key_id)
+            await conn.executemany(
+                "INSERT INTO iam_rules (id, key_id, position, effect, status, rule_type, spec)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb)",
+                [
+                    (
+                        rule.id,
+                        key_id,
+                        position,
+                        rule.effect,
+                        "active" if rule.active else "inactive",
+                        rule.type,
+                        orjson.dumps(rule.json()[rule.type]).decode(),
+                    )
+                    for position, rule in enumerate(rules)
+                ],
+            )
+            row = await conn.fetchrow(
+                f"""WITH k AS (UPDATE api_keys SET version = version + 1 WHERE id = $1
+                               RETURNING *)
+                    SELECT {_KEY_COLUMNS} FROM k""",
                 key_id,
             )
-        return [
-            {
-                "id": r["id"],
-                "effect": r["effect"],
-                "status": r["status"],
-                r["rule_type"]: orjson.loads(r["spec"]),
-            }
-            for r in rows
-        ]
+        assert row is not None
+        return _key(row)
 
     async def token_hash(self, key_id: str) -> bytes:
         async with postgres_errors():

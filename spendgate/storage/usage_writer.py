@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -36,10 +35,15 @@ import asyncpg
 from redis.asyncio.client import Redis
 from redis.exceptions import ResponseError
 
-from spendgate.enforcement.windows import from_epoch_ms
 from spendgate.storage.errors import StorageUnavailable
 from spendgate.storage.postgres import postgres_errors
 from spendgate.storage.redis_client import redis_errors
+from spendgate.storage.usage_events import (
+    MalformedEvent,
+    UsageEvent,
+    parse_event,
+    usage_stream_key,
+)
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +53,6 @@ BACKOFF_MAX: Final = 2.0
 # Stale entries of dead consumers are looked for this often at most.
 RECLAIM_EVERY_MAX: Final = 5.0
 
-_INT = re.compile(rb"-?[0-9]{1,19}")
-_INT32 = (-(2**31), 2**31 - 1)
-_INT64 = (-(2**63), 2**63 - 1)
-# datetime's range (years 1-9999) is narrower than timestamptz's; a later time is garbage.
-_MAX_EPOCH_MS = 253_402_300_799_999
 _DONE_CURSOR = b"0-0"
 
 _INSERT = """
@@ -82,85 +81,6 @@ UPDATE api_keys k
 SET last_used_at = greatest(coalesce(k.last_used_at, '-infinity'), locked.last)
 FROM locked WHERE k.id = locked.id
 """
-
-
-def usage_stream_key(prefix: str, bucket: int) -> str:
-    """The usage stream of one bucket; the hash tag keeps it in the bucket's slot."""
-    return f"{prefix}:{{b{bucket}}}:usage"
-
-
-@dataclass(frozen=True, slots=True)
-class UsageEvent:
-    """One ledger row, as parsed from a stream entry."""
-
-    request_id: str
-    created_at: datetime
-    key_id: str
-    project_id: str
-    model: str
-    provider: str
-    prompt_tokens: int
-    completion_tokens: int
-    cost_nano: int
-    status: int
-    duration_ms: int
-    billing: str
-    stream: bool
-
-
-class MalformedEvent(ValueError):
-    """A stream entry that cannot become a row; `field` names the first bad field."""
-
-    def __init__(self, field: str) -> None:
-        super().__init__(f"missing or invalid field {field!r}")
-        self.field = field
-
-
-def _text(fields: dict[bytes, bytes], name: str) -> str:
-    raw = fields.get(name.encode())
-    try:
-        value = raw.decode("utf-8") if raw is not None else ""
-    except UnicodeDecodeError:
-        value = ""
-    if not value or "\x00" in value:  # Postgres text cannot hold NUL
-        raise MalformedEvent(name)
-    return value
-
-
-def _int(fields: dict[bytes, bytes], name: str, bounds: tuple[int, int]) -> int:
-    raw = fields.get(name.encode())
-    if raw is None or not _INT.fullmatch(raw):
-        raise MalformedEvent(name)
-    value = int(raw)
-    if not bounds[0] <= value <= bounds[1]:
-        raise MalformedEvent(name)
-    return value
-
-
-def parse_event(fields: dict[bytes, bytes]) -> UsageEvent:
-    """The row of a stream entry. Rejects only what the table could not store (missing,
-    unparsable or out-of-range values), so one bad event can never fail a whole batch."""
-    billing = _text(fields, "billing")
-    if billing not in ("credits", "byok"):
-        raise MalformedEvent("billing")
-    stream = fields.get(b"stream")
-    if stream not in (b"0", b"1"):
-        raise MalformedEvent("stream")
-    return UsageEvent(
-        request_id=_text(fields, "request_id"),
-        created_at=from_epoch_ms(_int(fields, "created_at", (0, _MAX_EPOCH_MS))),
-        key_id=_text(fields, "key_id"),
-        project_id=_text(fields, "project_id"),
-        model=_text(fields, "model"),
-        provider=_text(fields, "provider"),
-        prompt_tokens=_int(fields, "prompt_tokens", _INT32),
-        completion_tokens=_int(fields, "completion_tokens", _INT32),
-        cost_nano=_int(fields, "cost", _INT64),
-        status=_int(fields, "status", _INT32),
-        duration_ms=_int(fields, "duration_ms", _INT32),
-        billing=billing,
-        stream=stream == b"1",
-    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,9 +19,9 @@ from spendgate.config.catalog import (
     Price,
     PriceTier,
     Provider,
-    _to_nano,
     load_catalog,
 )
+from spendgate.config.prices import _to_nano
 
 FIXTURES = Path(__file__).parent / "fixtures" / "providers"
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)

@@ -107,5 +107,5 @@ def _key(recurring_limit: RecurringLimit | None, period_anchor: datetime | None)
         version=1,
         created_at=T0,
         last_used_at=None,
-        iam_rules_count=0,
+        iam_rules=(),
     )

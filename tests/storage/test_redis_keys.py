@@ -27,7 +27,7 @@ KEY = ApiKey(
     version=1,
     created_at=NOW,
     last_used_at=None,
-    iam_rules_count=0,
+    iam_rules=(),
 )
 
 

@@ -20,7 +20,8 @@ from spendgate.enforcement.windows import from_epoch_ms
 from spendgate.storage.errors import StorageUnavailable
 from spendgate.storage.postgres import create_pool, migrate, postgres_errors
 from spendgate.storage.redis_client import create_redis
-from spendgate.storage.usage_writer import GROUP, UsageWriter, usage_stream_key
+from spendgate.storage.usage_events import usage_stream_key
+from spendgate.storage.usage_writer import GROUP, UsageWriter
 
 BUCKETS = 4
 T0_MS = 1_767_225_600_123  # 2026-01-01T00:00:00.123Z

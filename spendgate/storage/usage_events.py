@@ -1,0 +1,99 @@
+"""Usage events in the Redis streams: where they are, and how an entry becomes a ledger row.
+
+The settle script appends one event per request to the stream of the key's bucket
+(`usage_stream_key`); `parse_event` turns an entry's fields into the `usage_events` row,
+rejecting only what the table could not store.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+
+from spendgate.enforcement.windows import from_epoch_ms
+
+_INT = re.compile(rb"-?[0-9]{1,19}")
+_INT32 = (-(2**31), 2**31 - 1)
+_INT64 = (-(2**63), 2**63 - 1)
+# datetime's range (years 1-9999) is narrower than timestamptz's; a later time is garbage.
+_MAX_EPOCH_MS = 253_402_300_799_999
+
+
+def usage_stream_key(prefix: str, bucket: int) -> str:
+    """The usage stream of one bucket; the hash tag keeps it in the bucket's slot."""
+    return f"{prefix}:{{b{bucket}}}:usage"
+
+
+@dataclass(frozen=True, slots=True)
+class UsageEvent:
+    """One ledger row, as parsed from a stream entry."""
+
+    request_id: str
+    created_at: datetime
+    key_id: str
+    project_id: str
+    model: str
+    provider: str
+    prompt_tokens: int
+    completion_tokens: int
+    cost_nano: int
+    status: int
+    duration_ms: int
+    billing: str
+    stream: bool
+
+
+class MalformedEvent(ValueError):
+    """A stream entry that cannot become a row; `field` names the first bad field."""
+
+    def __init__(self, field: str) -> None:
+        super().__init__(f"missing or invalid field {field!r}")
+        self.field = field
+
+
+def _text(fields: dict[bytes, bytes], name: str) -> str:
+    raw = fields.get(name.encode())
+    try:
+        value = raw.decode("utf-8") if raw is not None else ""
+    except UnicodeDecodeError:
+        value = ""
+    if not value or "\x00" in value:  # Postgres text cannot hold NUL
+        raise MalformedEvent(name)
+    return value
+
+
+def _int(fields: dict[bytes, bytes], name: str, bounds: tuple[int, int]) -> int:
+    raw = fields.get(name.encode())
+    if raw is None or not _INT.fullmatch(raw):
+        raise MalformedEvent(name)
+    value = int(raw)
+    if not bounds[0] <= value <= bounds[1]:
+        raise MalformedEvent(name)
+    return value
+
+
+def parse_event(fields: dict[bytes, bytes]) -> UsageEvent:
+    """The row of a stream entry. Rejects only what the table could not store (missing,
+    unparsable or out-of-range values), so one bad event can never fail a whole batch."""
+    billing = _text(fields, "billing")
+    if billing not in ("credits", "byok"):
+        raise MalformedEvent("billing")
+    stream = fields.get(b"stream")
+    if stream not in (b"0", b"1"):
+        raise MalformedEvent("stream")
+    return UsageEvent(
+        request_id=_text(fields, "request_id"),
+        created_at=from_epoch_ms(_int(fields, "created_at", (0, _MAX_EPOCH_MS))),
+        key_id=_text(fields, "key_id"),
+        project_id=_text(fields, "project_id"),
+        model=_text(fields, "model"),
+        provider=_text(fields, "provider"),
+        prompt_tokens=_int(fields, "prompt_tokens", _INT32),
+        completion_tokens=_int(fields, "completion_tokens", _INT32),
+        cost_nano=_int(fields, "cost", _INT64),
+        status=_int(fields, "status", _INT32),
+        duration_ms=_int(fields, "duration_ms", _INT32),
+        billing=billing,
+        stream=stream == b"1",
+    )
