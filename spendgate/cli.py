@@ -12,6 +12,7 @@ import json
 import os
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -278,6 +279,44 @@ def cmd_keys_iam_set(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def usage_lines(data: dict[str, Any]) -> list[str]:
+    rows = [
+        [
+            r["created_at"],
+            r["request_id"],
+            r["model"],
+            str(r["status"]),
+            f"{r['prompt_tokens']}/{r['completion_tokens']}",
+            "$" + r["cost"],
+            str(r["duration_ms"]),
+        ]
+        for r in data["requests"]
+    ]
+    totals = data["totals"]
+    lines = table(rows, ["CREATED", "REQUEST", "MODEL", "STATUS", "TOKENS IN/OUT", "COST", "MS"])
+    lines += [
+        "",
+        f"total:    {totals['requests']} requests, ${totals['cost']}, "
+        f"{totals['prompt_tokens']} prompt + {totals['completion_tokens']} completion tokens",
+    ]
+    lines += [
+        f"model:    {m['model']}: {m['requests']} requests, ${m['cost']}" for m in data["by_model"]
+    ]
+    if data["next_cursor"]:
+        lines.append(f"more:     --cursor {data['next_cursor']}")
+    return lines
+
+
+def cmd_keys_usage(args: argparse.Namespace, settings: Settings) -> int:
+    names = ("since", "until", "limit", "cursor")
+    query = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    path = f"/keys/{args.key_id}/usage"
+    if query:
+        path += "?" + urllib.parse.urlencode(query)  # encodes the + of an offset
+    emit(args, admin_call(args, settings, "GET", path), usage_lines)
+    return 0
+
+
 def cmd_keys_delete(args: argparse.Namespace, settings: Settings) -> int:
     if not args.yes:
         raise CliError(f"deleting {args.key_id} is permanent; repeat with --yes")
@@ -352,6 +391,13 @@ def build_parser() -> argparse.ArgumentParser:
         help='a JSON array, e.g. \'[{"effect": "allow", "models": ["gpt-4o*"]}]\', or - for stdin',
     )
     replace.set_defaults(func=cmd_keys_iam_set)
+    usage = keys.add_parser("usage", parents=[client], help="a key's requests and totals")
+    usage.add_argument("key_id")
+    usage.add_argument("--since", help="RFC 3339 time, inclusive (default: 30 days ago)")
+    usage.add_argument("--until", help="RFC 3339 time, exclusive (default: now)")
+    usage.add_argument("--limit", type=int, help="requests per page, 1 to 1000 (default 100)")
+    usage.add_argument("--cursor", help="the next page, as printed after 'more:'")
+    usage.set_defaults(func=cmd_keys_usage)
     delete = keys.add_parser("delete", parents=[client])
     delete.add_argument("key_id")
     delete.add_argument("--yes", action="store_true", help="confirm the deletion")

@@ -29,7 +29,7 @@ from aiohttp import web
 from spendgate.config import Settings
 from spendgate.proxy.app import create_app
 from spendgate.storage.embedded import start_postgres, start_valkey
-from tests.helpers import ADMIN_TOKEN, AdminClient, FakeClock
+from tests.helpers import ADMIN_TOKEN, AdminClient, FakeClock, TcpLink
 
 LOCAL_REDIS_URL = "redis://127.0.0.1:6379/0"
 LOCAL_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -226,3 +226,18 @@ def blockbuster() -> Iterator[None]:
             for filename, functions in STARTUP_FUNCTIONS:
                 function.can_block_in(filename, functions)
         yield
+
+
+@pytest.fixture
+async def postgres_link(database_url: str) -> AsyncIterator[tuple[TcpLink, str]]:
+    """The link, and a DSN of the test database through it."""
+    parts = urlsplit(database_url)
+    if not parts.hostname:
+        pytest.skip("needs Postgres over TCP")
+    link = TcpLink(parts.hostname, parts.port or 5432)  # Postgres
+    await link.restore()
+    userinfo = parts.netloc.rpartition("@")[0]
+    netloc = f"{userinfo}@127.0.0.1:{link.port}" if userinfo else f"127.0.0.1:{link.port}"
+    yield link, urlunsplit(parts._replace(netloc=netloc))
+    if link._server is not None and link._server.is_serving():
+        await link.cut()

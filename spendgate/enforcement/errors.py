@@ -78,9 +78,10 @@ class AccessDenied(EnforcementError):
     """An IAM denial; `code` is model_not_allowed, provider_not_allowed or
     pricing_not_allowed and the message names the deciding rule ids."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, rule_type: str) -> None:
         super().__init__(message)
         self.code = code
+        self.rule_type = rule_type
 
 
 class LimitExceeded(EnforcementError):

@@ -30,7 +30,7 @@ from spendgate.enforcement.keys import (
     truncate_ms,
 )
 from spendgate.enforcement.money import format_usd
-from spendgate.proxy import admin_input
+from spendgate.proxy import admin_input, admin_usage
 from spendgate.proxy.errors import InvalidJSON, Unauthorized
 from spendgate.proxy.openapi import openapi_document
 from spendgate.storage.credentials import Credentials
@@ -288,6 +288,7 @@ def admin_app() -> web.Application:
             web.delete("/keys/{kid}", _route(AdminApi.delete_key)),
             web.get("/keys/{kid}/iam-rules", _route(AdminApi.get_rules)),
             web.put("/keys/{kid}/iam-rules", _route(AdminApi.put_rules)),
+            web.get("/keys/{kid}/usage", _route(admin_usage.key_usage)),
         ]
     )
     return admin

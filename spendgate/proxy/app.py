@@ -8,6 +8,7 @@ import os
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import suppress
+from typing import TypeVar
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -18,7 +19,10 @@ from spendgate.enforcement.keys import Clock, SystemClock
 from spendgate.proxy.admin import ADMIN, PREFIX, AdminApi, admin_app, admin_auth_middleware
 from spendgate.proxy.errors import error_middleware
 from spendgate.proxy.gateway import Gateway
+from spendgate.proxy.health import Health
+from spendgate.proxy.metrics import Metrics
 from spendgate.proxy.mock_provider import MockProvider
+from spendgate.proxy.observe import observe_middleware
 from spendgate.proxy.settler import Settler
 from spendgate.proxy.upstream import Upstreams, create_session
 from spendgate.storage.backends import Backends, open_backends
@@ -34,6 +38,9 @@ SETTINGS = web.AppKey("settings", Settings)
 BACKENDS = web.AppKey("backends", Backends)
 GATEWAY = web.AppKey("gateway", Gateway)
 WRITER = web.AppKey("usage_writer", UsageWriter)
+METRICS = web.AppKey("metrics", Metrics)
+HEALTH = web.AppKey("health", Health)
+T = TypeVar("T")
 
 
 def create_app(
@@ -51,11 +58,17 @@ def create_app(
         catalog = load_catalog(
             settings.providers_file, mock=settings.mock_provider, environ=os.environ
         )
+    metrics = Metrics(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
     app = web.Application(
-        middlewares=[error_middleware, admin_auth_middleware(settings.admin_token)],
+        middlewares=[
+            error_middleware,
+            observe_middleware(metrics),
+            admin_auth_middleware(settings.admin_token),
+        ],
         client_max_size=settings.max_body_bytes,
     )
     app[SETTINGS] = settings
+    app[METRICS] = metrics
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         assert settings.redis_url is not None and catalog is not None
@@ -96,9 +109,15 @@ def create_app(
                 Upstreams(session, mock),
                 settler,
                 credentials,
+                metrics,
                 clock,
             )
             app[WRITER] = writer
+            health = Health(backends, metrics, writer, directory)
+            app[HEALTH] = health
+            metrics_site = None
+            if settings.metrics_port is not None:
+                metrics_site = await _serve_metrics(health, settings)
             listening = asyncio.Event()
             invalidations = asyncio.create_task(
                 directory.listen(listening, {"byok": credentials.drop}), name="invalidations"
@@ -111,6 +130,8 @@ def create_app(
             try:
                 yield
             finally:
+                if metrics_site is not None:
+                    await metrics_site.cleanup()
                 invalidations.cancel()
                 with suppress(asyncio.CancelledError):
                     await invalidations
@@ -125,12 +146,27 @@ def create_app(
     app.router.add_post("/v1/completions", _route(GATEWAY, Gateway.completions))
     app.router.add_post("/v1/embeddings", _route(GATEWAY, Gateway.embeddings))
     app.router.add_get("/v1/models", _route(GATEWAY, Gateway.models))
+    app.router.add_get("/healthz", _route(HEALTH, Health.healthz))
+    app.router.add_get("/readyz", _route(HEALTH, Health.readyz))
+    if settings.metrics_port is None:
+        app.router.add_get("/metrics", _route(HEALTH, Health.scrape))
     return app
 
 
+async def _serve_metrics(health: Health, settings: Settings) -> web.AppRunner:
+    """`/metrics` on its own port (SPENDGATE_METRICS_PORT), e.g. one only Prometheus
+    reaches; every worker binds it with SO_REUSEPORT."""
+    metrics_app = web.Application()
+    metrics_app.router.add_get("/metrics", health.scrape)
+    runner = web.AppRunner(metrics_app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, settings.host, settings.metrics_port, reuse_port=True).start()
+    return runner
+
+
 def _route(
-    key: web.AppKey[Gateway],
-    method: Callable[[Gateway, web.Request], Awaitable[web.StreamResponse]],
+    key: web.AppKey[T],
+    method: Callable[[T, web.Request], Awaitable[web.StreamResponse]],
 ) -> Handler:
     async def handler(request: web.Request) -> web.StreamResponse:
         return await method(request.app[key], request)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -37,6 +37,8 @@ from spendgate.enforcement.keys import Clock, Principal
 from spendgate.enforcement.usage import Usage, UsageEvent
 from spendgate.enforcement.windows import to_epoch_ms
 from spendgate.proxy.errors import REQUEST_ID, REQUEST_ID_HEADER, ApiError, UpstreamUnavailable
+from spendgate.proxy.metrics import Metrics
+from spendgate.proxy.observe import FACTS, Facts
 from spendgate.proxy.relay import CLIENT_CLOSED, relay_stream
 from spendgate.proxy.settler import Settler
 from spendgate.proxy.upstream import UpstreamReply, Upstreams
@@ -61,6 +63,8 @@ class Call:
     client_wants_usage: bool
     api_key: str | None  # the provider credential the call goes with
     billing: str  # "byok" when it is the project's own, else "credits"
+    facts: Facts = field(default_factory=Facts)  # what the request log and metrics see
+    upstream_started: float = 0.0  # monotonic; 0 until the call is sent
 
     def event(self, usage: Usage, cost: int, status: int, finished: float) -> UsageEvent:
         return UsageEvent(
@@ -94,6 +98,7 @@ class Gateway:
         upstreams: Upstreams,
         settler: Settler,
         credentials: Credentials,
+        metrics: Metrics,
         clock: Clock,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -104,6 +109,7 @@ class Gateway:
         self.upstreams = upstreams
         self.settler = settler
         self.credentials = credentials
+        self.metrics = metrics
         self.clock = clock
         self.monotonic = monotonic
 
@@ -144,12 +150,16 @@ class Gateway:
         kind: str,
         estimator: Callable[[dict[str, Any], Model], Estimate],
     ) -> web.StreamResponse:
+        facts = request[FACTS]
         principal, token_hash = await self._authenticate(request)
+        facts.key_id, facts.project_id = principal.key_id, principal.project_id
         body = await _read_body(request)
         model = self._resolve(body, kind, path)
+        facts.model, facts.provider = model.full_id, model.provider
+        facts.stream = body.get("stream") is True
         denial = iam.evaluate(principal.rules, model)
         if denial is not None:  # refused before any Redis write: costs nothing
-            raise AccessDenied(denial.code, denial.message)
+            raise AccessDenied(denial.code, denial.message, denial.type)
         estimate = estimator(body, model)
         credential = await self._credential(principal, model)
         call = await self._admit(request, principal, token_hash, model, body, estimate, credential)
@@ -257,15 +267,20 @@ class Gateway:
         self, request: web.Request, call: Call, path: str, body: dict[str, Any]
     ) -> web.StreamResponse:
         provider = self.catalog.providers[call.model.provider]
+        call.facts = request[FACTS]
+        call.upstream_started = self.monotonic()
         try:
             reply = await self.upstreams.send(
                 provider, path, orjson.dumps(body), body, call.api_key, call.stream
+            )
+            self.metrics.upstream_ttfb.labels(provider.name).observe(
+                self.monotonic() - call.upstream_started
             )
         except ApiError as exc:  # unreachable or timed out: nothing was delivered, no charge
             await self._settle(call, Usage(), 0, exc.status)
             raise
         except BaseException:  # cancelled: settle later, never leak the reservation
-            self.settler.defer(call.event(Usage(), 0, CLIENT_CLOSED, self.monotonic()))
+            self.settler.defer(self.finished(call, Usage(), 0, CLIENT_CLOSED))
             raise
         if reply.streaming:
             return await relay_stream(self, request, call, reply)
@@ -295,7 +310,21 @@ class Gateway:
         )
 
     async def _settle(self, call: Call, usage: Usage, cost: int, status: int) -> None:
-        await self.settler.settle(call.event(usage, cost, status, self.monotonic()))
+        await self.settler.settle(self.finished(call, usage, cost, status))
+
+    def finished(self, call: Call, usage: Usage, cost: int, status: int) -> UsageEvent:
+        """The call's usage event, counted in the metrics and the request's facts."""
+        now = self.monotonic()
+        event = call.event(usage, cost, status, now)
+        if call.upstream_started:
+            upstream = now - call.upstream_started
+            call.facts.upstream_seconds = upstream
+            self.metrics.upstream_duration.labels(call.model.provider).observe(upstream)
+        call.facts.cost = cost
+        call.facts.prompt_tokens = usage.prompt_tokens
+        call.facts.completion_tokens = usage.completion_tokens
+        self.metrics.charged(event)
+        return event
 
 
 async def _read_body(request: web.Request) -> dict[str, Any]:

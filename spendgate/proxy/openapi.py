@@ -88,6 +88,37 @@ PRICING = {
     },
 }
 RULE_LIST = {"type": "array", "items": {"$ref": "#/components/schemas/Rule"}}
+USAGE_PARAMETERS = [
+    {
+        "name": "since",
+        "in": "query",
+        "description": "RFC 3339 time with Z or an offset, inclusive; default: until - 30 days",
+        "schema": TIME,
+    },
+    {
+        "name": "until",
+        "in": "query",
+        "description": "RFC 3339 time with Z or an offset, exclusive; default: now",
+        "schema": TIME,
+    },
+    {
+        "name": "limit",
+        "in": "query",
+        "description": "requests per page",
+        "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
+    },
+    {
+        "name": "cursor",
+        "in": "query",
+        "description": "the previous page's next_cursor (opaque; it keeps the page's range)",
+        "schema": {"type": "string"},
+    },
+]
+USAGE_TOTALS = {
+    "type": "object",
+    "required": ["requests", "cost"],
+    "properties": {"requests": {"type": "integer"}, "cost": MONEY_OUT},
+}
 
 RECURRING_IN = {
     "type": ["object", "null"],
@@ -212,6 +243,60 @@ SCHEMAS: JSONObject = {
             "byok_providers": {"type": "array", "items": {"type": "string"}},
         },
     },
+    "UsageRequest": {
+        "type": "object",
+        "description": "one ledger row",
+        "properties": {
+            "request_id": {"type": "string"},
+            "created_at": TIME,
+            "model": {"type": "string"},
+            "provider": {"type": "string"},
+            "prompt_tokens": {"type": "integer"},
+            "completion_tokens": {"type": "integer"},
+            "cost": MONEY_OUT,
+            "status": {"type": "integer"},
+            "duration_ms": {"type": "integer"},
+            "billing": {"type": "string", "enum": ["credits", "byok"]},
+            "stream": {"type": "boolean"},
+        },
+    },
+    "KeyUsage": {
+        "type": "object",
+        "required": ["requests", "next_cursor", "totals", "by_day", "by_model"],
+        "properties": {
+            "requests": {
+                "type": "array",
+                "description": "newest first",
+                "items": _ref("UsageRequest"),
+            },
+            "next_cursor": {"type": ["string", "null"], "description": "null on the last page"},
+            "totals": {
+                "type": "object",
+                "description": "the whole [since, until) range, whatever the page",
+                "properties": {
+                    "requests": {"type": "integer"},
+                    "cost": MONEY_OUT,
+                    "prompt_tokens": {"type": "integer"},
+                    "completion_tokens": {"type": "integer"},
+                },
+            },
+            "by_day": {
+                "type": "array",
+                "description": "UTC days, ascending",
+                "items": {
+                    "allOf": [
+                        USAGE_TOTALS,
+                        {"properties": {"day": {"type": "string", "format": "date"}}},
+                    ]
+                },
+            },
+            "by_model": {
+                "type": "array",
+                "description": "by cost descending, then model",
+                "items": {"allOf": [USAGE_TOTALS, {"properties": {"model": {"type": "string"}}}]},
+            },
+        },
+    },
     "CreatedKey": {
         "allOf": [
             _ref("Key"),
@@ -312,6 +397,15 @@ def openapi_document() -> JSONObject:
                     "Replace a key's IAM rules (written without ids; a bad rule changes nothing)",
                     _ok("200", RULE_LIST),
                     {"type": "array", "maxItems": 100, "items": _ref("NewRule")},
+                ),
+            },
+            "/keys/{kid}/usage": {
+                "parameters": [KID],
+                "get": _op(
+                    "A key's requests from the ledger, newest first, and its totals by day and"
+                    " model over [since, until); a deleted key's usage is not served (404)",
+                    _ok("200", _ref("KeyUsage")),
+                    parameters=USAGE_PARAMETERS,
                 ),
             },
             "/keys/{kid}": {

@@ -89,6 +89,7 @@ async def relay_stream(
             await response.write_eof()
         except UpstreamCut:
             status = 502
+            call.facts.outcome = "upstream_error"
             with suppress(ConnectionError):
                 await response.write(
                     error_event(
@@ -118,9 +119,9 @@ def _event(gateway: Gateway, call: Call, tally: _Tally, status: int) -> UsageEve
         if status == CLIENT_CLOSED:
             produced = max(produced, 1)  # the client asked and got (part of) an answer
         if produced == 0:
-            return call.event(Usage(), 0, status, gateway.monotonic())
+            return gateway.finished(call, Usage(), 0, status)
         usage = call.estimated_usage(produced)
-    return call.event(usage, cost_nano(call.model.price, usage), status, gateway.monotonic())
+    return gateway.finished(call, usage, cost_nano(call.model.price, usage), status)
 
 
 async def _finish_abandoned(

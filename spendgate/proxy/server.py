@@ -5,15 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import secrets
+import signal
 import sys
-from contextlib import ExitStack
+import tempfile
+import time
+from contextlib import ExitStack, suppress
 from pathlib import Path
 
 from aiohttp import web
 
 from spendgate.config import Settings
 from spendgate.proxy.app import create_app
+from spendgate.proxy.logs import configure_logging
 from spendgate.storage.embedded import start_postgres, start_valkey
 from spendgate.storage.postgres import create_pool, migrate
 
@@ -66,18 +71,84 @@ def admin_token_path(data_dir: Path) -> Path:
 
 
 def serve(settings: Settings) -> None:
+    """Run the gateway: one process, or `workers` pre-forked processes sharing the port
+    through SO_REUSEPORT (default: one per core). The embedded servers, if any, and the
+    migrations belong to the parent; the workers only serve."""
+    configure_logging(settings.log_level)
+    workers = settings.workers or os.cpu_count() or 1
     with ExitStack() as stack:
         settings = with_admin_token(with_servers(settings, stack))
-        app = create_app(settings)
-        say(f"listening on http://{settings.host}:{settings.port} (admin API at /admin/v1)")
-        web.run_app(
-            app,
-            host=settings.host,
-            port=settings.port,
-            print=None,
-            access_log=None,
-            handle_signals=True,
+        applied = run_migrations(settings)
+        if applied:
+            say(f"database migrated: {', '.join(applied)}")
+        say(
+            f"listening on http://{settings.host}:{settings.port} (admin API at /admin/v1),"
+            f" {workers} worker{'s' if workers > 1 else ''}"
         )
+        if workers == 1:
+            _run_worker(settings, reuse_port=False)
+            return
+        metrics_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="spendgate-metrics-"))
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+        _supervise(settings, workers)
+
+
+def _run_worker(settings: Settings, *, reuse_port: bool) -> None:
+    web.run_app(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        print=None,
+        access_log=None,
+        handle_signals=True,
+        reuse_port=reuse_port,
+    )
+
+
+def _supervise(settings: Settings, workers: int) -> None:
+    """Fork the workers, replace any that dies, and pass SIGTERM/SIGINT on to them."""
+    children: set[int] = set()
+    stopping = False
+
+    def spawn() -> None:
+        pid = os.fork()
+        if pid == 0:  # the worker: serve until told to stop, skip the parent's clean-up
+            code = 0
+            try:
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
+                _run_worker(settings, reuse_port=True)
+            except BaseException:
+                log.exception("worker %d failed", os.getpid())
+                code = 1
+            finally:
+                logging.shutdown()
+                os._exit(code)
+        children.add(pid)
+
+    def stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for pid in children:
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        for _ in range(workers):
+            spawn()
+        while children:
+            try:
+                pid, status = os.wait()
+            except ChildProcessError:
+                break
+            children.discard(pid)
+            if not stopping:
+                log.error("worker %d exited (status %d); starting another", pid, status)
+                time.sleep(0.5)
+                spawn()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def run_migrations(settings: Settings) -> list[str]:

@@ -84,6 +84,11 @@ class Repository:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
 
+    @property
+    def pool(self) -> asyncpg.Pool:
+        """The pool, for the other readers of the same database (the usage queries)."""
+        return self._pool
+
     # -- projects --------------------------------------------------------
 
     async def create_project(

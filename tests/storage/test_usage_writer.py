@@ -22,6 +22,7 @@ from spendgate.storage.postgres import create_pool, migrate, postgres_errors
 from spendgate.storage.redis_client import create_redis
 from spendgate.storage.usage_events import usage_stream_key
 from spendgate.storage.usage_writer import GROUP, UsageWriter
+from tests.helpers import TcpLink
 
 BUCKETS = 4
 T0_MS = 1_767_225_600_123  # 2026-01-01T00:00:00.123Z
@@ -130,67 +131,6 @@ async def make_writer(
     for writer, client in made:
         await writer.stop(drain_timeout=1)
         await close_redis(client)
-
-
-class TcpLink:
-    """A real TCP hop to a server that the test can cut and restore: while cut,
-    connections are reset and new ones refused, as when the server is down."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self._target = (host, port)
-        self._server: asyncio.Server | None = None
-        self._pipes: set[asyncio.Task[None]] = set()
-        self.port = 0
-
-    async def restore(self) -> None:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def cut(self) -> None:
-        assert self._server is not None
-        self._server.close()
-        for pipe in self._pipes:
-            pipe.cancel()
-        await asyncio.gather(*self._pipes, return_exceptions=True)
-        await self._server.wait_closed()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection(*self._target)
-        pipes = [
-            asyncio.create_task(self._pipe(reader, up_writer)),
-            asyncio.create_task(self._pipe(up_reader, writer)),
-        ]
-        self._pipes.update(pipes)
-        try:
-            await asyncio.gather(*pipes, return_exceptions=True)
-        finally:
-            self._pipes.difference_update(pipes)
-            writer.close()
-            up_writer.close()
-
-    @staticmethod
-    async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
-        try:
-            while data := await source.read(65536):
-                sink.write(data)
-                await sink.drain()
-        finally:
-            sink.close()
-
-
-@pytest.fixture
-async def link(database_url: str) -> AsyncIterator[tuple[TcpLink, str]]:
-    """The link, and a DSN of the test database through it."""
-    parts = urlsplit(database_url)
-    if not parts.hostname:
-        pytest.skip("needs Postgres over TCP")
-    link = TcpLink(parts.hostname, parts.port or 5432)  # Postgres
-    await link.restore()
-    userinfo = parts.netloc.rpartition("@")[0]
-    netloc = f"{userinfo}@127.0.0.1:{link.port}" if userinfo else f"127.0.0.1:{link.port}"
-    yield link, urlunsplit(parts._replace(netloc=netloc))
-    if link._server is not None and link._server.is_serving():
-        await link.cut()
 
 
 async def test_events_of_every_bucket_land_once_with_their_values(
@@ -304,14 +244,14 @@ async def test_last_used_at_moves_forward_only_for_existing_keys(
 
 
 async def test_events_wait_in_redis_while_postgres_is_down_then_land_once(
-    link: tuple[TcpLink, str],
+    postgres_link: tuple[TcpLink, str],
     make_writer: MakeWriter,
     raw_redis: redis.Redis,
     redis_prefix: str,
     db: asyncpg.Connection,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    postgres, dsn = link
+    postgres, dsn = postgres_link
     pool = await create_pool(dsn, size=1)
     await migrate(pool)
     writer = make_writer(pool, flush_interval=0.05)
@@ -337,14 +277,14 @@ async def test_events_wait_in_redis_while_postgres_is_down_then_land_once(
 
 
 async def test_stopping_while_postgres_is_down_leaves_events_for_another_writer(
-    link: tuple[TcpLink, str],
+    postgres_link: tuple[TcpLink, str],
     pool: asyncpg.Pool,
     make_writer: MakeWriter,
     raw_redis: redis.Redis,
     redis_prefix: str,
     db: asyncpg.Connection,
 ) -> None:
-    postgres, dsn = link
+    postgres, dsn = postgres_link
     broken_pool = await create_pool(dsn, size=1)
     leaving = make_writer(broken_pool, consumer="leaving", flush_interval=0.05)
     await leaving.start()
