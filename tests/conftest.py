@@ -31,6 +31,8 @@ from spendgate.proxy.app import create_app
 from spendgate.storage.embedded import start_postgres, start_valkey
 from tests.helpers import ADMIN_TOKEN, AdminClient, FakeClock, TcpLink
 
+pytest_plugins = ("tests.gateway_fixtures",)
+
 LOCAL_REDIS_URL = "redis://127.0.0.1:6379/0"
 LOCAL_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 PROBE_TIMEOUT = 0.5

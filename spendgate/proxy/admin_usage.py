@@ -122,7 +122,7 @@ def parse_params(
     if since is None:
         since = until - DEFAULT_RANGE
     if since > until:
-        raise InvalidField("since", "must not be after until")
+        raise InvalidField("since", f"must not be after until ({admin.rfc3339(until)})")
     return UsageParams(since, until, limit, after)
 
 

@@ -240,7 +240,7 @@ def test_the_router_walk_finds_the_admin_routes(app: web.Application) -> None:
     assert ("POST", "/admin/v1/projects/prj_x/keys") in found
     assert ("PUT", "/admin/v1/keys/key_x/iam-rules") in found
     assert ("PUT", "/admin/v1/projects/prj_x/providers/{provider}") in found
-    assert len(found) == 14
+    assert len(found) >= 14
 
 
 BAD_AUTHORIZATIONS = [

@@ -22,7 +22,9 @@ def free_port() -> int:
 async def test_serve_starts_embedded_servers_and_serves_the_admin_api(tmp_path: Path) -> None:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SPENDGATE_")}
-    env.update(SPENDGATE_DATA_DIR=str(tmp_path / "data"), SPENDGATE_PORT=str(port))
+    env.update(
+        SPENDGATE_DATA_DIR=str(tmp_path / "data"), SPENDGATE_PORT=str(port), SPENDGATE_WORKERS="1"
+    )
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -62,6 +64,6 @@ async def test_serve_starts_embedded_servers_and_serves_the_admin_api(tmp_path: 
     finally:
         if process.returncode is None:
             process.send_signal(signal.SIGTERM)
-        async with asyncio.timeout(30):
+        async with asyncio.timeout(60):
             await process.wait()
     assert process.returncode == 0
