@@ -1,0 +1,77 @@
+"""500 concurrent requests on a nearly spent key, shared by two gateway instances on the
+same Redis and Postgres: the limit holds across replicas, in both enforcement modes, and
+the ledger matches the counters (DESIGN.md, "Limits" and "Scale-out")."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+
+import asyncpg
+import pytest
+
+from spendgate.enforcement.money import format_usd
+from tests.faults.conftest import MOCK_COST, chat
+from tests.proxy.conftest import Gateway, GatewayFactory, ledger
+
+REQUESTS = 500
+SPENT_BEFORE = 30  # requests that nearly spent the key before the burst
+ROOM = 20 * MOCK_COST + MOCK_COST // 2  # what the burst may still spend
+# Estimate of "hi" on mock/echo-1 with max_tokens=16: 2 bytes + 4 + 3 = 9 input tokens
+# and 16 output tokens; the mock charges 1 and 16.
+INPUT_ESTIMATE = 9 * 1000
+ONE_OUTPUT_TOKEN = 2000
+
+
+async def one(gateway: Gateway, token: str) -> str:
+    """One client: retry while only in-flight reservations stand in the way, as a client
+    told `Retry-After: 1` would (faster here), so the whole budget gets used."""
+    while True:
+        status, headers, answer = await chat(gateway, token, max_tokens=16)
+        if status == 200:
+            return "ok"
+        assert status == 429, answer
+        assert answer["error"]["code"] == "usage_limit_exceeded"
+        if headers.get("Retry-After") != "1":
+            return "refused"
+        await asyncio.sleep(0.01)
+
+
+@pytest.mark.parametrize("mode", ["reserve", "hard"])
+async def test_five_hundred_requests_across_two_instances_hold_the_limit(
+    make_gateway: GatewayFactory, db: asyncpg.Connection, mode: str
+) -> None:
+    # A few milliseconds per answer keep requests in flight in both instances at once.
+    first = await make_gateway(enforcement=mode, mock_latency_ms=5)
+    second = await make_gateway(enforcement=mode, mock_latency_ms=5)
+    limit = SPENT_BEFORE * MOCK_COST + ROOM
+    key = await first.key(usage_limit=format_usd(limit))
+    for _ in range(SPENT_BEFORE):
+        assert (await chat(first, key["key"], max_tokens=16))[0] == 200
+
+    gateways = [first, second]
+    outcomes = await asyncio.gather(*(one(gateways[i % 2], key["key"]) for i in range(REQUESTS)))
+    served = [(i % 2, outcome) for i, outcome in enumerate(outcomes) if outcome == "ok"]
+    by_instance = Counter(instance for instance, _ in served)
+    assert set(outcomes) <= {"ok", "refused"}
+    assert by_instance[0] > 0 and by_instance[1] > 0, by_instance  # both really served
+
+    total = SPENT_BEFORE + len(served)
+    rows = await ledger(db, key["id"], total)
+    await asyncio.sleep(0.3)  # a writer round: nothing more may arrive
+    rows = await db.fetch(
+        "SELECT request_id, cost_nano FROM usage_events WHERE key_id = $1", key["id"]
+    )
+    assert len(rows) == total == len({r["request_id"] for r in rows})  # each exactly once
+    charged = sum(r["cost_nano"] for r in rows)
+    if mode == "reserve":
+        # Every call costs what its estimate bounds: the key stops once the limit is
+        # reached, and the overspend is less than one request's cost.
+        assert all(r["cost_nano"] == MOCK_COST for r in rows)
+        assert limit <= charged < limit + MOCK_COST
+    else:
+        # Never over; what is left cannot pay for one more call's input and one token.
+        assert all(r["cost_nano"] <= MOCK_COST for r in rows)
+        assert limit - (INPUT_ESTIMATE + ONE_OUTPUT_TOKEN) < charged <= limit
+    for gateway in gateways:  # both instances read the same counters, equal to the ledger
+        assert (await gateway.get_key(key["id"]))["usage"] == format_usd(charged)
