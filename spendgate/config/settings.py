@@ -60,6 +60,9 @@ class Settings:
     upstream_timeout: float = field(default=900.0, metadata=_env("UPSTREAM_TIMEOUT"))
     # Seconds to keep reading a stream whose client went away, for the provider's usage.
     disconnect_grace: float = field(default=2.0, metadata=_env("DISCONNECT_GRACE"))
+    # A usage event read by a replica that then died is taken over by another replica's
+    # ledger writer once it has waited this long (milliseconds).
+    ledger_claim_idle_ms: int = field(default=30_000, metadata=_env("LEDGER_CLAIM_IDLE_MS"))
     # Number of buckets API keys are spread over; fixed for the life of a deployment.
     buckets: int = field(default=64, metadata=_env("BUCKETS"))
 
@@ -81,6 +84,11 @@ class Settings:
         ):
             _check(0 < value <= 86400, var, "more than 0 and at most 86400 seconds")
         _check(0 <= self.disconnect_grace <= 60, "DISCONNECT_GRACE", "0 to 60 seconds")
+        _check(
+            100 <= self.ledger_claim_idle_ms <= 3_600_000,
+            "LEDGER_CLAIM_IDLE_MS",
+            "100 to 3600000 milliseconds",
+        )
         _check(bool(self.redis_prefix), "REDIS_PREFIX", "not empty")
         _check(
             self.redis_prefix.isascii() and "{" not in self.redis_prefix,

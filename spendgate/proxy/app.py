@@ -98,6 +98,7 @@ def create_app(
                 prefix=settings.redis_prefix,
                 buckets=settings.buckets,
                 consumer=f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}",
+                claim_idle_ms=settings.ledger_claim_idle_ms,
             )
             session = create_session(settings)
             mock = MockProvider(settings.mock_latency_ms) if settings.mock_provider else None

@@ -38,6 +38,7 @@ from spendgate.storage.errors import StorageUnavailable
 log = logging.getLogger(__name__)
 
 REQUEST_ID_HEADER = "x-request-id"
+CLIENT_CLOSED = 499  # no one reads it; logs and the ledger say the client went away
 REQUEST_ID = web.RequestKey("request_id", str)
 
 
@@ -137,6 +138,8 @@ def to_api_error(exc: BaseException) -> ApiError | None:
         log.warning("%s unavailable: %s: %s", exc.backend, type(cause).__name__, cause)
         code = "enforcement_unavailable" if exc.backend == "redis" else "storage_unavailable"
         return ApiError(503, "api_error", code, f"{exc.backend} is unavailable, try again")
+    if isinstance(exc, ConnectionError):  # the client hung up (e.g. while sending its body)
+        return ApiError(CLIENT_CLOSED, "invalid_request_error", "client_closed", "client closed")
     if isinstance(exc, web.HTTPException) and exc.status >= 400:
         return _http_exception(exc)
     return None

@@ -9,6 +9,7 @@ provider; ONE Redis script settles the actual cost and appends the usage event, 
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,10 +37,16 @@ from spendgate.enforcement.errors import (
 from spendgate.enforcement.keys import Clock, Principal
 from spendgate.enforcement.usage import Usage, UsageEvent
 from spendgate.enforcement.windows import to_epoch_ms
-from spendgate.proxy.errors import REQUEST_ID, REQUEST_ID_HEADER, ApiError, UpstreamUnavailable
+from spendgate.proxy.errors import (
+    CLIENT_CLOSED,
+    REQUEST_ID,
+    REQUEST_ID_HEADER,
+    ApiError,
+    UpstreamUnavailable,
+)
 from spendgate.proxy.metrics import Metrics
 from spendgate.proxy.observe import FACTS, Facts
-from spendgate.proxy.relay import CLIENT_CLOSED, relay_stream
+from spendgate.proxy.relay import relay_stream
 from spendgate.proxy.settler import Settler
 from spendgate.proxy.upstream import UpstreamReply, Upstreams
 from spendgate.storage.credentials import Credentials
@@ -223,14 +230,14 @@ class Gateway:
             hard=self.settings.enforcement == "hard",
         )
         try:
-            admitted = await self.spend.admit(principal, admission)
+            admitted = await self._reserve(principal, admission, model)
         except (RecordStale, RecordMissing):
             # The key changed (or Redis lost it) since this process cached it.
             refreshed = await self.directory.refresh(token_hash)
             if refreshed is None:
                 raise InvalidApiKey() from None
             principal = refreshed
-            admitted = await self.spend.admit(principal, admission)
+            admitted = await self._reserve(principal, admission, model)
         stream = body.get("stream") is True
         options = body.get("stream_options")
         return Call(
@@ -245,6 +252,47 @@ class Gateway:
             client_wants_usage=isinstance(options, dict) and options.get("include_usage") is True,
             api_key=credential[0],
             billing=credential[1],
+        )
+
+    async def _reserve(
+        self, principal: Principal, admission: AdmissionRequest, model: Model
+    ) -> Admitted:
+        """Run the admission script. If the handler is cancelled while it runs, the script
+        may still have reserved in Redis: a task of the settler waits for its answer and
+        releases what it reserved (settled at cost 0), so nothing waits 10 minutes to expire."""
+        running = asyncio.ensure_future(self.spend.admit(principal, admission))
+        try:
+            return await asyncio.shield(running)
+        except asyncio.CancelledError:
+            self.settler.finish(self._release(running, principal, admission, model))
+            raise
+
+    async def _release(
+        self,
+        running: asyncio.Future[Admitted],
+        principal: Principal,
+        admission: AdmissionRequest,
+        model: Model,
+    ) -> None:
+        try:
+            await running
+        except Exception:  # not admitted: nothing to release
+            return
+        await self.settler.settle(
+            UsageEvent(
+                request_id=admission.request_id,
+                created_at_ms=to_epoch_ms(admission.now),
+                key_id=principal.key_id,
+                project_id=principal.project_id,
+                model=model.full_id,
+                provider=model.provider,
+                usage=Usage(),
+                cost=0,
+                status=CLIENT_CLOSED,
+                duration_ms=0,
+                billing="credits",
+                stream=False,
+            )
         )
 
     def _upstream_body(self, body: dict[str, Any], model: Model, call: Call) -> dict[str, Any]:

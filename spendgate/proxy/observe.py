@@ -64,7 +64,7 @@ def outcome_of(exc: BaseException) -> str:
         return "upstream_error"
     if isinstance(exc, StorageUnavailable):
         return "unavailable"
-    if isinstance(exc, InvalidRequest | ModelNotFound | web.HTTPClientError):
+    if isinstance(exc, InvalidRequest | ModelNotFound | web.HTTPClientError | ConnectionError):
         return "bad_request"
     return "error"
 

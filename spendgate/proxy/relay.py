@@ -23,7 +23,7 @@ from aiohttp import web
 
 from spendgate.enforcement.cost import cost_nano
 from spendgate.enforcement.usage import Usage, UsageEvent
-from spendgate.proxy.errors import REQUEST_ID_HEADER
+from spendgate.proxy.errors import CLIENT_CLOSED, REQUEST_ID_HEADER
 from spendgate.proxy.sse import EventSplitter, chunk_usage, error_event, has_content, is_usage_only
 from spendgate.proxy.upstream import UpstreamCut, UpstreamReply
 from spendgate.storage.errors import StorageUnavailable
@@ -32,7 +32,6 @@ from spendgate.storage.spend import RESERVATION_TTL
 if TYPE_CHECKING:
     from spendgate.proxy.gateway import Call, Gateway
 
-CLIENT_CLOSED = 499
 EXTEND_EVERY = RESERVATION_TTL.total_seconds() / 3
 
 

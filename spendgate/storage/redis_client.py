@@ -39,7 +39,10 @@ def create_redis(url: str, *, timeout: float | None = SOCKET_TIMEOUT) -> Redis:
         timeout=POOL_TIMEOUT,
         socket_timeout=timeout,
         socket_connect_timeout=CONNECT_TIMEOUT,
-        retry=Retry(NoBackoff(), 0),
+        # One immediate retry on a broken connection (a pooled connection that went stale
+        # when Redis restarted or closed it idle), never on a timeout. Every script and
+        # write is idempotent, so a command that did reach Redis may run twice safely.
+        retry=Retry(NoBackoff(), 1, supported_errors=(ConnectionError,)),
         health_check_interval=0,
         # No CLIENT SETINFO: it costs a round trip per new connection, and finding the
         # library's version reads package metadata from disk on the event loop.

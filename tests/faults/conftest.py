@@ -19,7 +19,9 @@ from typing import Any
 import pytest
 import redis.asyncio as redis
 from aiohttp.test_utils import TestServer
+from multidict import CIMultiDictProxy
 
+from spendgate.config import Settings
 from spendgate.enforcement.keys import bucket_of
 from tests.proxy.conftest import UPSTREAM_KEY, Gateway
 
@@ -29,7 +31,7 @@ HI = [{"role": "user", "content": "hi"}]
 FAKE_COST = 10 * 1000 + 5 * 2000
 # "hi" on mock/echo-1 with max_tokens=16: 1 prompt token, 16 completion tokens.
 MOCK_COST = 1 * 1000 + 16 * 2000
-BUCKETS = 64  # Settings.buckets default; every Redis key of an API key carries {b<N>}
+BUCKETS = Settings().buckets  # the default; every Redis key of an API key carries {b<N>}
 
 
 def free_port() -> int:
@@ -55,15 +57,16 @@ output_per_mtok = "2.00"
 
 async def chat(
     gateway: Gateway, token: str, **body: Any
-) -> tuple[int, dict[str, str], dict[str, Any]]:
-    """One non-streamed chat completion through the gateway's test client, without the
-    SDK (lighter when hundreds run at once). Returns status, headers and JSON body."""
+) -> tuple[int, CIMultiDictProxy[str], dict[str, Any]]:
+    """One chat completion through the gateway's test client, without the SDK (lighter
+    when hundreds run at once), answered in JSON: a non-streamed answer or an error.
+    Returns the status, the headers and the decoded body."""
     payload: dict[str, Any] = {"model": "mock/echo-1", "messages": HI} | body
     response = await gateway.admin.post(
         "/v1/chat/completions", json=payload, headers={"Authorization": f"Bearer {token}"}
     )
     answer = await response.json()
-    return response.status, dict(response.headers), answer
+    return response.status, response.headers, answer
 
 
 async def wait_until(
@@ -92,9 +95,17 @@ async def spend_state(client: redis.Redis, prefix: str, key_id: str) -> SpendSta
     return SpendState(
         used=int(used or 0),
         reserved=int(reserved or 0),
-        reservations={k.decode(): v for k, v in held.items()},
+        reservations={_text(k): _bytes(v) for k, v in held.items()},
         expiries=int(expiries),
     )
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _bytes(value: bytes | str) -> bytes:
+    return value if isinstance(value, bytes) else value.encode()
 
 
 def usage_stream(prefix: str, key_id: str) -> str:

@@ -62,7 +62,12 @@ async def test_requests_flow_while_postgres_is_cut_and_the_ledger_catches_up_onc
     key = await gateway.key(usage_limit="1")
     sdk = gateway.sdk(key["key"])
     await ask(sdk, stream=False)
+
+    async def stream_drained() -> bool:
+        return await raw_redis.xlen(usage_stream(redis_prefix, key["id"])) == 0
+
     await ledger(db, key["id"], 1)
+    await wait_until(stream_drained)
 
     await link.cut()
     # Steady traffic: one request after the other, every fourth a stream. The test's own
@@ -92,21 +97,19 @@ async def test_requests_flow_while_postgres_is_cut_and_the_ledger_catches_up_onc
         assert await admin_status(gateway, method, path, body) == (503, "storage_unavailable")
 
     await link.restore()
-    rows = await ledger(db, key["id"], 1 + REQUESTS_WHILE_CUT)
-
-    async def stream_drained() -> bool:
-        return await raw_redis.xlen(usage_stream(redis_prefix, key["id"])) == 0
-
+    await ask(sdk, stream=False)  # the key was neither changed nor deleted
+    total = 1 + REQUESTS_WHILE_CUT + 1
+    await ledger(db, key["id"], total)
     await wait_until(stream_drained)
     await asyncio.sleep(0.3)  # a writer round or more: no late duplicate may follow
     rows = await db.fetch(
         "SELECT request_id, cost_nano FROM usage_events WHERE key_id = $1", key["id"]
     )
-    assert len(rows) == 1 + REQUESTS_WHILE_CUT
-    assert len({r["request_id"] for r in rows}) == len(rows)
+    assert len(rows) == total == len({r["request_id"] for r in rows})  # each exactly once
     charged = sum(r["cost_nano"] for r in rows)
-    assert charged == (1 + REQUESTS_WHILE_CUT) * MOCK_COST
+    assert charged == total * MOCK_COST
     assert await db.fetchval("SELECT count(*) FROM projects") == 1  # no "p2"
+    assert await db.fetchval("SELECT count(*) FROM api_keys") == 1  # no "k2"
 
     got = await admin_get(gateway, f"/keys/{key['id']}")
     assert got["usage"] == format_usd(charged)

@@ -1,5 +1,6 @@
 -- Admit one request, atomically: the key is active, its period rolled if it ended, expired
--- reservations released, both limits checked, and the estimate reserved.
+-- reservations released, both limits checked, and the estimate reserved. Idempotent on the
+-- request id: a repeated call (a retry after a lost reply) returns the first admission.
 -- KEYS[1] the key record hash   KEYS[2] reservations hash   KEYS[3] reservation expiries zset
 -- ARGV[1] now, epoch ms          ARGV[2] request id
 -- ARGV[3] the anchor the caller computed the period from ("" = no recurring limit)
@@ -8,12 +9,22 @@
 -- ARGV[8] "hard" or "reserve"
 -- ARGV[9] output price, nano-USD per million tokens   ARGV[10] output tokens per choice asked
 -- ARGV[11] choices (n)                                ARGV[12] reservation lifetime, ms
+-- Reservations: request id -> "<reserved>|<period start>|<output tokens or -1>" ("x|..."
+-- once expired).
 -- Returns {"ok", reserved, output tokens per choice (-1 = unchanged), period start}
 --       | {"missing"} | {"inactive"} | {"stale"}
 --       | {"all_time" | "period", 1 if settled usage alone is the cause else 0}
 local rec, res, exp = KEYS[1], KEYS[2], KEYS[3]
 local now = tonumber(ARGV[1])
 local function int(x) return string.format('%.0f', x) end
+
+local function parse(v) return string.match(v, '^([^|]*)|([^|]*)|?(.*)$') end
+
+local earlier = redis.call('HGET', res, ARGV[2])
+if earlier then
+  local amount, from, out = parse(earlier)
+  return {'ok', tonumber(amount) or 0, tonumber(out) or -1, from}
+end
 
 local f = redis.call('HMGET', rec, 'status', 'limit', 'r_amount', 'anchor',
                      'used', 'p_start', 'p_used', 'r_all', 'r_per')
@@ -28,11 +39,11 @@ local p_used, r_all, r_per = tonumber(f[7] or '0'), tonumber(f[8] or '0'), tonum
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', exp, '-inf', now, 'LIMIT', 0, 100)) do
   local v = redis.call('HGET', res, id)
   if v and string.sub(v, 1, 1) ~= 'x' then
-    local sep = string.find(v, '|', 1, true)
-    local amount, from = tonumber(string.sub(v, 1, sep - 1)), string.sub(v, sep + 1)
+    local head, from, out = parse(v)
+    local amount = tonumber(head)
     r_all = r_all - amount
     if from == p_start then r_per = r_per - amount end
-    redis.call('HSET', res, id, 'x|' .. from)
+    redis.call('HSET', res, id, 'x|' .. from .. '|' .. out)
     redis.call('ZADD', exp, now + 86400000, id)
   else
     redis.call('HDEL', res, id)
@@ -87,7 +98,7 @@ end
 local reserved = input_cost + output_cost
 r_all = r_all + reserved
 if recurring then r_per = r_per + reserved end
-redis.call('HSET', res, ARGV[2], int(reserved) .. '|' .. p_start)
+redis.call('HSET', res, ARGV[2], int(reserved) .. '|' .. p_start .. '|' .. out_tokens)
 redis.call('ZADD', exp, now + tonumber(ARGV[12]), ARGV[2])
 redis.call('HSET', rec, 'p_start', p_start, 'p_used', int(p_used),
            'r_all', int(r_all), 'r_per', int(r_per))

@@ -11,8 +11,7 @@ local rec, res, exp = KEYS[1], KEYS[2], KEYS[3]
 local function int(x) return string.format('%.0f', x) end
 local v = redis.call('HGET', res, ARGV[1])
 if not v then return {0} end
-local sep = string.find(v, '|', 1, true)
-local head, from = string.sub(v, 1, sep - 1), string.sub(v, sep + 1)
+local head, from = string.match(v, '^([^|]*)|([^|]*)')
 redis.call('HDEL', res, ARGV[1])
 redis.call('ZREM', exp, ARGV[1])
 redis.call('XADD', KEYS[4], '*', unpack(ARGV, 3))
