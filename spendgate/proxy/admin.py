@@ -8,12 +8,12 @@ rather than usable.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-import orjson
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
@@ -33,23 +33,16 @@ from spendgate.enforcement.money import format_usd
 from spendgate.proxy import admin_input, admin_usage
 from spendgate.proxy.errors import InvalidJSON, Unauthorized
 from spendgate.proxy.openapi import openapi_document
+from spendgate.proxy.responses import json_response, rfc3339
 from spendgate.storage.credentials import Credentials
 from spendgate.storage.errors import StorageUnavailable
 from spendgate.storage.redis_keys import KeyRecords
 from spendgate.storage.repository import Repository
+from spendgate.storage.usage_query import UsageQueries
 from spendgate.types import JSONObject
 
 PREFIX = "/admin/v1"
-
-
-def rfc3339(moment: datetime | None) -> str | None:
-    if moment is None:
-        return None
-    moment = moment.astimezone(UTC)
-    text = moment.strftime("%Y-%m-%dT%H:%M:%S")
-    if moment.microsecond // 1000:
-        text += f".{moment.microsecond // 1000:03d}"
-    return text + "Z"
+ID_SHAPE = re.compile(r"[A-Za-z0-9_]{1,64}")
 
 
 def key_json(key: ApiKey, usage: KeyUsage, now: datetime) -> JSONObject:
@@ -94,10 +87,6 @@ def project_json(project: Project) -> JSONObject:
     }
 
 
-def json_response(data: Any, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
-
-
 async def read_json(request: web.Request) -> JSONObject:
     value = await read_json_value(request)
     if not isinstance(value, dict):
@@ -119,6 +108,7 @@ class AdminApi:
     clock: Clock
     credentials: Credentials
     catalog: Catalog
+    cursor_secret: bytes  # signs usage pagination cursors; see admin_usage.cursor_secret
 
     # -- projects --------------------------------------------------------
 
@@ -237,6 +227,21 @@ class AdminApi:
         await self.records.write(key)
         return await self._key_response(key)
 
+    async def key_usage(self, request: web.Request) -> web.Response:
+        """The key's ledger rows, newest first, with totals for the range."""
+        key_id = request.match_info["kid"]
+        params = admin_usage.parse_params(
+            request.query, key_id, self.clock.now(), self.cursor_secret
+        )
+        report = await UsageQueries(self.repo.pool).report(
+            key_id, params.since, params.until, params.limit, params.after
+        )
+        next_cursor = None
+        if report.next is not None:
+            cursor = admin_usage.Cursor(params.since, params.until, report.next)
+            next_cursor = admin_usage.encode_cursor(self.cursor_secret, key_id, cursor)
+        return json_response(admin_usage.report_json(report, next_cursor))
+
     async def get_rules(self, request: web.Request) -> web.Response:
         key = await self.repo.get_key(request.match_info["kid"])
         return json_response(list(key.iam_rules))
@@ -264,6 +269,10 @@ ADMIN = web.AppKey("admin", AdminApi)
 
 def _route(method: Callable[[AdminApi, web.Request], Awaitable[web.Response]]) -> Handler:
     async def handler(request: web.Request) -> web.StreamResponse:
+        for name in ("pid", "kid"):  # ids are ours: anything else names nothing
+            value = request.match_info.get(name)
+            if value is not None and not ID_SHAPE.fullmatch(value):
+                raise NotFound("project" if name == "pid" else "key", value)
         return await method(request.config_dict[ADMIN], request)
 
     return handler
@@ -288,7 +297,7 @@ def admin_app() -> web.Application:
             web.delete("/keys/{kid}", _route(AdminApi.delete_key)),
             web.get("/keys/{kid}/iam-rules", _route(AdminApi.get_rules)),
             web.put("/keys/{kid}/iam-rules", _route(AdminApi.put_rules)),
-            web.get("/keys/{kid}/usage", _route(admin_usage.key_usage)),
+            web.get("/keys/{kid}/usage", _route(AdminApi.key_usage)),
         ]
     )
     return admin

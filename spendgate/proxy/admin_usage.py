@@ -22,21 +22,17 @@ import binascii
 import hashlib
 import hmac
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import orjson
-from aiohttp import web
 from multidict import MultiMapping
 
 from spendgate.enforcement.errors import InvalidField
 from spendgate.enforcement.money import format_usd
-
-# A module import, not `from ... import`: admin.py imports this module for its route.
-from spendgate.proxy import admin
-from spendgate.storage.usage_query import Position, Totals, UsageQueries, UsageReport
+from spendgate.proxy.responses import rfc3339
+from spendgate.storage.usage_query import Position, Totals, UsageReport
 from spendgate.types import JSONObject
 
 DEFAULT_RANGE = timedelta(days=30)
@@ -47,6 +43,7 @@ MAX_CURSOR = 1024  # characters; a real one is about 150
 CURSOR_VERSION = 1
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_FIRST = datetime.min.replace(tzinfo=UTC)
 _MICRO = timedelta(microseconds=1)
 # RFC 3339 date-time. A space may stand for the T, and for the + of an offset: an
 # unencoded + in a query string arrives as a space.
@@ -120,9 +117,9 @@ def parse_params(
     if until is None:
         until = now
     if since is None:
-        since = until - DEFAULT_RANGE
+        since = max(until, _FIRST + DEFAULT_RANGE) - DEFAULT_RANGE
     if since > until:
-        raise InvalidField("since", f"must not be after until ({admin.rfc3339(until)})")
+        raise InvalidField("since", f"must not be after until ({rfc3339(until)})")
     return UsageParams(since, until, limit, after)
 
 
@@ -209,7 +206,7 @@ def report_json(report: UsageReport, next_cursor: str | None) -> JSONObject:
         "requests": [
             {
                 "request_id": row.request_id,
-                "created_at": admin.rfc3339(row.created_at),
+                "created_at": rfc3339(row.created_at),
                 "model": row.model,
                 "provider": row.provider,
                 "prompt_tokens": row.prompt_tokens,
@@ -231,23 +228,3 @@ def report_json(report: UsageReport, next_cursor: str | None) -> JSONObject:
         "by_day": [{"day": day.isoformat(), **_totals_json(t)} for day, t in report.by_day],
         "by_model": [{"model": model, **_totals_json(t)} for model, t in report.by_model],
     }
-
-
-def _admin_token(headers: Mapping[str, str]) -> str:
-    # admin_auth_middleware lets a request in only with the admin token, so the bearer
-    # credential here is the admin token itself: the secret every replica already shares.
-    return headers["Authorization"].partition(" ")[2]
-
-
-async def key_usage(api: admin.AdminApi, request: web.Request) -> web.Response:
-    key_id = request.match_info["kid"]
-    secret = cursor_secret(_admin_token(request.headers))
-    params = parse_params(request.query, key_id, api.clock.now(), secret)
-    report = await UsageQueries(api.repo.pool).report(
-        key_id, params.since, params.until, params.limit, params.after
-    )
-    next_cursor = None
-    if report.next is not None:
-        cursor = Cursor(params.since, params.until, report.next)
-        next_cursor = encode_cursor(secret, key_id, cursor)
-    return admin.json_response(report_json(report, next_cursor))

@@ -17,6 +17,7 @@ from spendgate.config import Settings
 from spendgate.config.catalog import Catalog, load_catalog
 from spendgate.enforcement.keys import Clock, SystemClock
 from spendgate.proxy.admin import ADMIN, PREFIX, AdminApi, admin_app, admin_auth_middleware
+from spendgate.proxy.admin_usage import cursor_secret
 from spendgate.proxy.errors import error_middleware
 from spendgate.proxy.gateway import Gateway
 from spendgate.proxy.health import Health
@@ -54,6 +55,7 @@ def create_app(
     if settings.admin_token is None:
         raise ValueError("create_app needs admin_token")
     clock = clock or SystemClock()
+    admin_token = settings.admin_token
     if catalog is None:
         catalog = load_catalog(
             settings.providers_file, mock=settings.mock_provider, environ=os.environ
@@ -80,7 +82,14 @@ def create_app(
             credentials = Credentials(
                 backends.redis, backends.pool, box, prefix=settings.redis_prefix
             )
-            app[ADMIN] = AdminApi(backends.repo, backends.records, clock, credentials, catalog)
+            app[ADMIN] = AdminApi(
+                backends.repo,
+                backends.records,
+                clock,
+                credentials,
+                catalog,
+                cursor_secret(admin_token),
+            )
             listener = create_redis(settings.redis_url, timeout=None)
             directory = KeyDirectory(
                 backends.redis,

@@ -141,6 +141,8 @@ class UsageQueries:
         """Rows of [since, until) after `after` (or from the newest), at most `limit`, and
         the totals of the whole range. Raises NotFound if no key has the id: a deleted
         key's rows stay in the ledger, but its usage is no longer served."""
+        if "\x00" in key_id:  # Postgres text cannot hold NUL: no key has such an id
+            raise NotFound("key", key_id)
         start = after or Position(until, "")
         lo, hi = whole_hours(since, until)
         async with (

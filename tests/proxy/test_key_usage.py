@@ -184,6 +184,8 @@ async def test_the_default_range_is_the_30_days_up_to_now(
     assert [r["request_id"] for r in body["requests"]] == ["first", "too_old"]
     body = await usage(client, kid, since=iso(NOW - US))
     assert [r["request_id"] for r in body["requests"]] == ["now", "last"]
+    body = await usage(client, kid, until="0001-01-02T00:00:00Z")  # from the first instant
+    assert body["requests"] == []
 
 
 async def test_since_is_inclusive_and_until_exclusive_in_any_offset(
@@ -411,8 +413,9 @@ async def test_cursors_of_another_key_or_range_or_edited_are_refused(
 async def test_unknown_and_deleted_keys_are_404(
     client: AdminClient, db: asyncpg.Connection
 ) -> None:
-    error = (await usage(client, "key_nope", 404))["error"]
-    assert error["code"] == "not_found"
+    for unknown in ("key_nope", "key_%00"):  # NUL cannot even reach Postgres
+        error = (await usage(client, unknown, 404))["error"]
+        assert error["code"] == "not_found"
 
     kid = await new_key(client)
     await ledger(db, kid, {"request_id": "r1", "created_at": NOW - timedelta(hours=1)})
