@@ -28,7 +28,7 @@ async def postgres_text(db: asyncpg.Connection) -> str:
     tables = await db.fetch(
         "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY tablename"
     )
-    dump = []
+    dump: list[str] = []
     for table in tables:
         name = table["tablename"]
         rows = await db.fetch(f'SELECT t::text AS row FROM "{name}" t')
