@@ -42,3 +42,12 @@ format: $(TEST_STAMP)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
+
+# `make bench`: spendgate against a bare aiohttp proxy, side by side (docs/BENCHMARKS.md).
+# QUICK=1 for a ~30 s run; DURATION, WARMUP, CONNECTIONS, RATE, KEYS, SCALE=1 pass through.
+.PHONY: bench
+bench: $(STAMP)
+	BENCH_VIA_MAKE=1 QUICK=$(QUICK) DURATION=$(DURATION) WARMUP=$(WARMUP) \
+	CONNECTIONS=$(CONNECTIONS) RATE=$(RATE) LATENCY_CONNECTIONS=$(LATENCY_CONNECTIONS) \
+	KEYS=$(KEYS) SCALE=$(SCALE) SCALE_KEYS=$(SCALE_KEYS) LOADGEN=$(LOADGEN) \
+	$(BIN)/python bench/run.py

@@ -77,9 +77,14 @@ async def relay_stream(
         try:
             await response.prepare(request)
             async for data in chunks:
-                for event, usage_only in tally.take(data):
-                    if not usage_only or call.client_wants_usage:
-                        await response.write(event)
+                # The events of one upstream read go out in one write (one send call).
+                out = [
+                    event
+                    for event, usage_only in tally.take(data)
+                    if not usage_only or call.client_wants_usage
+                ]
+                if out:
+                    await response.write(b"".join(out))
                 if gateway.monotonic() >= extend_at:
                     extend_at = gateway.monotonic() + EXTEND_EVERY
                     await _extend(gateway, call)
