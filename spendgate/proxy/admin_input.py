@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+import orjson
+
 from spendgate.enforcement.errors import InvalidField
 from spendgate.enforcement.keys import (
     NAME_MAX,
@@ -39,9 +41,14 @@ def parse_json(raw: bytes) -> Any:
     """Any JSON value; numbers with a fraction or exponent become Decimal."""
     try:
         text = raw.decode("utf-8")
-        return json.loads(text, parse_float=Decimal, parse_constant=_reject_constant)
+        value = json.loads(text, parse_float=Decimal, parse_constant=_reject_constant)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise BodyError("the body is not valid JSON") from exc
+    try:  # what cannot be written back (lone surrogates, nesting over 255) is refused now
+        orjson.dumps(value, default=str)
+    except TypeError as exc:
+        raise BodyError("the body has an unpaired surrogate or is nested too deeply") from exc
+    return value
 
 
 def _only(body: JSONObject, allowed: tuple[str, ...], prefix: str = "") -> None:
@@ -93,7 +100,7 @@ def _recurring(value: Any, field: str = "recurring_limit") -> RecurringLimit | N
 
 
 def _plan(value: Any) -> str:
-    if value not in PLAN_KEY_LIMITS:
+    if not isinstance(value, str) or value not in PLAN_KEY_LIMITS:
         raise InvalidField("plan", "must be one of free, pro, enterprise")
     assert isinstance(value, str)
     return value

@@ -20,6 +20,7 @@ import os
 import orjson
 from aiohttp import web
 from aiohttp.typedefs import Handler
+from aiohttp.web_protocol import RequestPayloadError
 
 from spendgate.enforcement.errors import (
     AccessDenied,
@@ -93,8 +94,13 @@ def new_request_id() -> str:
 
 def error_body(status: int, type_: str, code: str, message: str, param: str | None) -> bytes:
     return orjson.dumps(
-        {"error": {"message": message, "type": type_, "param": param, "code": code}}
+        {"error": {"message": _safe(message), "type": type_, "param": _safe(param), "code": code}}
     )
+
+
+def _safe(text: str | None) -> str | None:
+    """Text that always encodes (a client's field name may hold a lone surrogate)."""
+    return None if text is None else text.encode("utf-8", "backslashreplace").decode()
 
 
 def error_response(err: ApiError, request_id: str) -> web.Response:
@@ -138,6 +144,8 @@ def to_api_error(exc: BaseException) -> ApiError | None:
         log.warning("%s unavailable: %s: %s", exc.backend, type(cause).__name__, cause)
         code = "enforcement_unavailable" if exc.backend == "redis" else "storage_unavailable"
         return ApiError(503, "api_error", code, f"{exc.backend} is unavailable, try again")
+    if isinstance(exc, RequestPayloadError):  # e.g. a Content-Encoding the body does not have
+        return ApiError(400, "invalid_request_error", "invalid_json", "the body could not be read")
     if isinstance(exc, ConnectionError):  # the client hung up (e.g. while sending its body)
         return ApiError(CLIENT_CLOSED, "invalid_request_error", "client_closed", "client closed")
     if isinstance(exc, web.HTTPException) and exc.status >= 400:

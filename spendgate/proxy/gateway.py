@@ -168,10 +168,16 @@ class Gateway:
         if denial is not None:  # refused before any Redis write: costs nothing
             raise AccessDenied(denial.code, denial.message, denial.type)
         estimate = estimator(body, model)
+        upstream = self._upstream_body(body, model)
+        payload = _encode(upstream)  # before admission: a body that cannot go costs nothing
         credential = await self._credential(principal, model)
         call = await self._admit(request, principal, token_hash, model, body, estimate, credential)
-        upstream_body = self._upstream_body(body, model, call)
-        return await self._forward(request, call, path, upstream_body)
+        if call.admitted.output_tokens is not None:  # hard mode lowered the output cap
+            field = "max_tokens" if "max_tokens" in body else "max_completion_tokens"
+            upstream.pop("max_tokens", None)
+            upstream[field] = call.admitted.output_tokens
+            payload = orjson.dumps(upstream)
+        return await self._forward(request, call, path, upstream, payload)
 
     # -- steps -------------------------------------------------------------------------
 
@@ -295,15 +301,11 @@ class Gateway:
             )
         )
 
-    def _upstream_body(self, body: dict[str, Any], model: Model, call: Call) -> dict[str, Any]:
+    def _upstream_body(self, body: dict[str, Any], model: Model) -> dict[str, Any]:
         upstream = dict(body)
         upstream["model"] = model.id
-        if call.admitted.output_tokens is not None:  # hard mode lowered the output cap
-            field = "max_tokens" if "max_tokens" in body else "max_completion_tokens"
-            upstream.pop("max_tokens", None)
-            upstream[field] = call.admitted.output_tokens
         provider = self.catalog.providers[model.provider]
-        if call.stream and provider.stream_usage:
+        if body.get("stream") is True and provider.stream_usage:
             options = body.get("stream_options")
             upstream["stream_options"] = {
                 **(options if isinstance(options, dict) else {}),
@@ -312,14 +314,19 @@ class Gateway:
         return upstream
 
     async def _forward(
-        self, request: web.Request, call: Call, path: str, body: dict[str, Any]
+        self,
+        request: web.Request,
+        call: Call,
+        path: str,
+        body: dict[str, Any],
+        payload: bytes,
     ) -> web.StreamResponse:
         provider = self.catalog.providers[call.model.provider]
         call.facts = request[FACTS]
         call.upstream_started = self.monotonic()
         try:
             reply = await self.upstreams.send(
-                provider, path, orjson.dumps(body), body, call.api_key, call.stream
+                provider, path, payload, body, call.api_key, call.stream
             )
             self.metrics.upstream_ttfb.labels(provider.name).observe(
                 self.monotonic() - call.upstream_started
@@ -389,6 +396,13 @@ async def _read_body(request: web.Request) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise InvalidRequest("invalid_json", "the body must be a JSON object")
     return body
+
+
+def _encode(body: dict[str, Any]) -> bytes:
+    try:
+        return orjson.dumps(body)
+    except TypeError:  # nested deeper than orjson writes (255), or a lone surrogate
+        raise InvalidRequest("invalid_json", "the body is nested too deeply") from None
 
 
 def _positive_int(value: Any) -> int | None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
+from aiohttp.web_protocol import RequestPayloadError
 
 from spendgate.enforcement.errors import (
     AccessDenied,
@@ -64,7 +65,14 @@ def outcome_of(exc: BaseException) -> str:
         return "upstream_error"
     if isinstance(exc, StorageUnavailable):
         return "unavailable"
-    if isinstance(exc, InvalidRequest | ModelNotFound | web.HTTPClientError | ConnectionError):
+    if isinstance(
+        exc,
+        InvalidRequest
+        | ModelNotFound
+        | web.HTTPClientError
+        | ConnectionError
+        | RequestPayloadError,
+    ):
         return "bad_request"
     return "error"
 
