@@ -17,6 +17,15 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from spendgate.cli_output import (
+    emit,
+    key_lines,
+    limits_text,
+    period_text,
+    rules_lines,
+    table,
+    usage_lines,
+)
 from spendgate.config import ConfigError, Settings
 
 Command = Callable[[argparse.Namespace, Settings], int]
@@ -62,54 +71,6 @@ def admin_call(
     except (urllib.error.URLError, OSError) as exc:
         raise CliError(f"cannot reach the gateway at {url}: {exc}") from None
     return json.loads(raw) if raw else None
-
-
-def emit(args: argparse.Namespace, data: Any, lines: Callable[[Any], list[str]]) -> None:
-    if args.json:
-        print(json.dumps(data, indent=2))
-    else:
-        for line in lines(data):
-            print(line)
-
-
-def table(rows: list[list[str]], header: list[str]) -> list[str]:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    return [
-        "  ".join(str(cell).ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
-        for row in [header, *rows]
-    ]
-
-
-def limits_text(key: dict[str, Any]) -> str:
-    parts = []
-    if key.get("usage_limit") is not None:
-        parts.append(f"${key['usage_limit']} all-time")
-    recurring = key.get("recurring_limit")
-    if recurring:
-        parts.append(f"${recurring['amount']} / {recurring['every']} {recurring['unit']}")
-    return ", ".join(parts) or "none"
-
-
-def period_text(key: dict[str, Any]) -> str:
-    period = key.get("current_period")
-    if not period:
-        return "-"
-    return f"${period['usage']} (resets {period['resets_at']})"
-
-
-def key_lines(key: dict[str, Any]) -> list[str]:
-    lines = [
-        f"id:             {key['id']}",
-        f"name:           {key['name']}",
-        f"key:            {key['preview']}",
-        f"status:         {key['status']}",
-        f"created:        {key['created_at']}",
-        f"usage:          ${key['usage']}",
-        f"current period: {period_text(key)}",
-        f"limits:         {limits_text(key)}",
-        f"IAM rules:      {key['iam_rules_count'] or 'none'}",
-    ]
-    return lines
 
 
 # -- argument parsing of limits --------------------------------------------
@@ -251,18 +212,6 @@ def cmd_keys_set_limits(args: argparse.Namespace, settings: Settings) -> int:
     return patch_key(args, settings, body)
 
 
-def rules_lines(rules: list[dict[str, Any]]) -> list[str]:
-    if not rules:
-        return ["no IAM rules: the key may use every model"]
-    rows = []
-    for rule in rules:
-        kind = next(k for k in ("models", "providers", "pricing") if k in rule)
-        spec = rule[kind]
-        what = ", ".join(spec) if isinstance(spec, list) else json.dumps(spec)
-        rows.append([rule["id"], rule["effect"], rule["status"], kind, what])
-    return table(rows, ["ID", "EFFECT", "STATUS", "TYPE", "MATCHES"])
-
-
 def cmd_keys_iam_show(args: argparse.Namespace, settings: Settings) -> int:
     emit(args, admin_call(args, settings, "GET", f"/keys/{args.key_id}/iam-rules"), rules_lines)
     return 0
@@ -277,34 +226,6 @@ def cmd_keys_iam_set(args: argparse.Namespace, settings: Settings) -> int:
     stored = admin_call(args, settings, "PUT", f"/keys/{args.key_id}/iam-rules", rules)
     emit(args, stored, rules_lines)
     return 0
-
-
-def usage_lines(data: dict[str, Any]) -> list[str]:
-    rows = [
-        [
-            r["created_at"],
-            r["request_id"],
-            r["model"],
-            str(r["status"]),
-            f"{r['prompt_tokens']}/{r['completion_tokens']}",
-            "$" + r["cost"],
-            str(r["duration_ms"]),
-        ]
-        for r in data["requests"]
-    ]
-    totals = data["totals"]
-    lines = table(rows, ["CREATED", "REQUEST", "MODEL", "STATUS", "TOKENS IN/OUT", "COST", "MS"])
-    lines += [
-        "",
-        f"total:    {totals['requests']} requests, ${totals['cost']}, "
-        f"{totals['prompt_tokens']} prompt + {totals['completion_tokens']} completion tokens",
-    ]
-    lines += [
-        f"model:    {m['model']}: {m['requests']} requests, ${m['cost']}" for m in data["by_model"]
-    ]
-    if data["next_cursor"]:
-        lines.append(f"more:     --cursor {data['next_cursor']}")
-    return lines
 
 
 def cmd_keys_usage(args: argparse.Namespace, settings: Settings) -> int:

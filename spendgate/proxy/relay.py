@@ -30,7 +30,8 @@ from spendgate.storage.errors import StorageUnavailable
 from spendgate.storage.spend import RESERVATION_TTL
 
 if TYPE_CHECKING:
-    from spendgate.proxy.gateway import Call, Gateway
+    from spendgate.proxy.call import Call
+    from spendgate.proxy.gateway import Gateway
 
 EXTEND_EVERY = RESERVATION_TTL.total_seconds() / 3
 
