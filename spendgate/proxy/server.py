@@ -135,6 +135,9 @@ def _supervise(settings: Settings, workers: int) -> None:
                 logging.shutdown()
                 os._exit(code)
         children.add(pid)
+        if stopping:  # SIGTERM came while this one was being forked
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
 
     def stop(signum: int, frame: object) -> None:
         nonlocal stopping
@@ -156,7 +159,8 @@ def _supervise(settings: Settings, workers: int) -> None:
             if not stopping:
                 log.error("worker %d exited (status %d); starting another", pid, status)
                 time.sleep(0.5)
-                spawn()
+                if not stopping:  # SIGTERM may have come during the pause
+                    spawn()
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
