@@ -7,7 +7,7 @@ import asyncio
 import json
 import random
 import secrets
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable
 from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Any, TypeAlias
 
@@ -85,14 +85,6 @@ async def assert_rollup_exact(conn: Conn) -> None:
     extra = await conn.fetch(f"({rollup}) EXCEPT ({summed})")
     missing = await conn.fetch(f"({summed}) EXCEPT ({rollup})")
     assert (extra, missing) == ([], [])
-
-
-@pytest.fixture
-async def pool(database_url: str, db: asyncpg.Connection) -> AsyncIterator[asyncpg.Pool]:
-    pool = await create_pool(database_url, size=2)
-    await migrate(pool)
-    yield pool
-    await pool.close()
 
 
 @pytest.fixture

@@ -105,14 +105,6 @@ async def wait_until(check: Callable[[], Awaitable[bool]], timeout: float = 5.0)
 
 
 @pytest.fixture
-async def pool(database_url: str, db: asyncpg.Connection) -> AsyncIterator[asyncpg.Pool]:
-    pool = await create_pool(database_url, size=2)
-    await migrate(pool)
-    yield pool
-    await pool.close()
-
-
-@pytest.fixture
 async def make_writer(
     redis_url: str, redis_prefix: str, raw_redis: redis.Redis
 ) -> AsyncIterator[MakeWriter]:
