@@ -3,8 +3,8 @@
 No authentication, no parsing, no accounting: POST /v1/chat/completions goes to the upstream
 with one shared aiohttp.ClientSession, a JSON answer comes back whole, an SSE answer is
 relayed chunk by chunk as it arrives. It runs on the same aiohttp server settings as
-`spendgate serve --workers 1` (web.run_app, access log off, the default asyncio event loop:
-spendgate does not use uvloop, so neither does this) and the same client connector settings
+`spendgate serve --workers 1` (web.run_app, access log off, uvloop when installed, as
+spendgate uses it) and the same client connector settings
 as spendgate's upstream session (spendgate/proxy/upstream.py), so that the difference in a
 benchmark is what spendgate does per request.
 
@@ -14,10 +14,16 @@ benchmark is what spendgate does per request.
 from __future__ import annotations
 
 import argparse
+import asyncio
 from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp import web
+
+try:
+    import uvloop
+except ImportError:  # not on Windows; spendgate then runs on the default loop too
+    uvloop = None  # type: ignore[assignment]
 
 SESSION = web.AppKey("session", aiohttp.ClientSession)
 
@@ -90,6 +96,7 @@ def main() -> None:
         print=None,
         access_log=None,
         handle_signals=True,
+        loop=asyncio.new_event_loop() if uvloop is None else uvloop.new_event_loop(),
     )
 
 

@@ -1156,11 +1156,14 @@ def header_lines(
 ) -> list[str]:
     import aiohttp
 
-    uses_uvloop = "uvloop" in (ROOT / "spendgate" / "proxy" / "server.py").read_text()
+    uses_uvloop = all(
+        "uvloop" in path.read_text()
+        for path in (ROOT / "spendgate" / "proxy" / "server.py", ROOT / "bench" / "bare_proxy.py")
+    )
     loop_note = (
-        "spendgate: uvloop; bare proxy: default asyncio loop (NOT a like-for-like comparison)"
+        "uvloop in both spendgate and the bare proxy"
         if uses_uvloop
-        else "default asyncio loop in both spendgate and the bare proxy (neither uses uvloop)"
+        else "NOT a like-for-like comparison: only one of spendgate and the bare proxy uses uvloop"
     )
     given = " ".join(f"{k}={os.environ[k]}" for k in KNOBS if os.environ.get(k, "").strip())
     via_make = os.environ.get("BENCH_VIA_MAKE") == "1"

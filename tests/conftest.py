@@ -209,7 +209,7 @@ async def client(
 STARTUP_FUNCTIONS = [
     ("spendgate/storage/backends.py", ["open_backends"]),
     ("spendgate/storage/postgres.py", ["create_pool", "migrations"]),
-    ("spendgate/storage/redis_client.py", ["load_script"]),
+    ("spendgate/storage/redis_client.py", ["load_script", "lua_source"]),
     ("spendgate/config/catalog.py", ["load_catalog"]),
     # asyncpg looks for ~/.pgpass and ~/.postgresql certificates when the pool replaces a
     # lost connection: a few stats on a reconnect, never on a healthy request.

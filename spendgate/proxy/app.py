@@ -99,7 +99,7 @@ def create_app(
                 clock,
                 ttl=settings.key_cache_ttl,
             )
-            spend = SpendStore(backends.redis, settings.redis_prefix, settings.buckets)
+            spend = SpendStore(backends.requests_redis, settings.redis_prefix, settings.buckets)
             settler = Settler(spend)
             writer = UsageWriter(
                 backends.redis,

@@ -12,15 +12,17 @@ from redis.asyncio.client import Redis
 from spendgate.config import Settings
 from spendgate.storage.errors import StorageUnavailable
 from spendgate.storage.postgres import create_pool, migrate
-from spendgate.storage.redis_client import close_redis, create_redis, warm_up
+from spendgate.storage.redis_client import close_redis, create_redis, redis_errors, warm_up
 from spendgate.storage.redis_keys import KeyRecords
 from spendgate.storage.repository import Repository
+from spendgate.storage.resp import RespClient
 
 
 @dataclass(frozen=True, slots=True)
 class Backends:
     pool: asyncpg.Pool
     redis: Redis
+    requests_redis: RespClient  # the request path's scripts (see resp.py)
     repo: Repository
     records: KeyRecords
     migrations_applied: list[str]
@@ -33,17 +35,22 @@ async def open_backends(settings: Settings) -> AsyncIterator[Backends]:
         raise ValueError("open_backends needs database_url and redis_url")
     pool = await create_pool(settings.database_url)
     redis = create_redis(settings.redis_url)
+    requests_redis = RespClient(settings.redis_url)
     try:
         applied = await migrate(pool)
         with suppress(StorageUnavailable):  # Redis down at start: requests answer 503
             await warm_up(redis)
+            async with redis_errors():
+                await requests_redis.connect()
         yield Backends(
             pool=pool,
             redis=redis,
+            requests_redis=requests_redis,
             repo=Repository(pool),
             records=KeyRecords(redis, settings.redis_prefix, settings.buckets),
             migrations_applied=applied,
         )
     finally:
+        await requests_redis.aclose()
         await close_redis(redis)
         await pool.close()

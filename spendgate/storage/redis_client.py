@@ -85,7 +85,12 @@ async def redis_errors() -> AsyncIterator[None]:
         raise StorageUnavailable("redis") from exc
 
 
+def lua_source(name: str) -> str:
+    """The text of storage/lua/<name>.lua."""
+    source = resources.files("spendgate.storage").joinpath("lua", f"{name}.lua")
+    return source.read_text(encoding="utf-8")
+
+
 def load_script(client: Redis, name: str) -> AsyncScript:
     """Register storage/lua/<name>.lua; calls go by SHA and reload on NOSCRIPT."""
-    source = resources.files("spendgate.storage").joinpath("lua", f"{name}.lua")
-    return client.register_script(source.read_text(encoding="utf-8"))
+    return client.register_script(lua_source(name))

@@ -14,14 +14,13 @@ import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from redis.asyncio.client import Redis
-
 from spendgate.enforcement.errors import ApiKeyDisabled, LimitExceeded
 from spendgate.enforcement.keys import Principal, bucket_of
 from spendgate.enforcement.usage import UsageEvent
 from spendgate.enforcement.windows import from_epoch_ms, to_epoch_ms
 from spendgate.storage.errors import RecordMissing, RecordStale
-from spendgate.storage.redis_client import load_script, redis_errors
+from spendgate.storage.redis_client import lua_source, redis_errors
+from spendgate.storage.resp import RespClient, Script
 
 RESERVATION_TTL = timedelta(minutes=10)
 
@@ -48,7 +47,7 @@ class AdmissionRequest:
 class SpendStore:
     def __init__(
         self,
-        client: Redis,
+        client: RespClient,
         prefix: str,
         buckets: int,
         reservation_ttl: timedelta = RESERVATION_TTL,
@@ -57,8 +56,8 @@ class SpendStore:
         self._prefix = prefix
         self._buckets = buckets
         self._ttl_ms = int(reservation_ttl.total_seconds() * 1000)
-        self._admit = load_script(client, "admit")
-        self._settle = load_script(client, "settle")
+        self._admit = Script(lua_source("admit"))
+        self._settle = Script(lua_source("settle"))
 
     def _keys(self, key_id: str) -> list[str]:
         tag = f"{self._prefix}:{{b{bucket_of(key_id, self._buckets)}}}"
@@ -77,9 +76,10 @@ class SpendStore:
         if period is not None:
             start, end = str(to_epoch_ms(period.started_at)), str(to_epoch_ms(period.resets_at))
         async with redis_errors():
-            reply = await self._admit(
-                keys=self._keys(principal.key_id),
-                args=[
+            reply = await self._redis.run(
+                self._admit,
+                self._keys(principal.key_id),
+                [
                     to_epoch_ms(request.now),
                     request.request_id,
                     anchor,
@@ -116,16 +116,19 @@ class SpendStore:
         """Replace the reservation with the actual cost and append the event; False when
         the request was settled already."""
         async with redis_errors():
-            reply = await self._settle(
-                keys=[*self._keys(event.key_id), self.stream_key(event.key_id)],
-                args=[event.request_id, event.cost, *event.fields()],
+            reply = await self._redis.run(
+                self._settle,
+                [*self._keys(event.key_id), self.stream_key(event.key_id)],
+                [event.request_id, event.cost, *event.fields()],
             )
         return bool(reply[0])
 
     async def extend(self, key_id: str, request_id: str, until: datetime) -> None:
         """Push a still-running request's reservation expiry out (long streams)."""
         async with redis_errors():
-            await self._redis.zadd(self._keys(key_id)[2], {request_id: to_epoch_ms(until)}, xx=True)
+            await self._redis.execute(
+                "ZADD", self._keys(key_id)[2], "XX", to_epoch_ms(until), request_id
+            )
 
 
 def period_start(admitted: Admitted) -> datetime | None:
