@@ -31,6 +31,8 @@ import hiredis
 from redis.asyncio.connection import SSLConnection, parse_url
 
 Arg = str | bytes | int
+# A command of a pipeline: the key it works on (None for a command on no key), its words.
+Command = tuple[str | None, Sequence[Arg]]
 
 CONNECT_TIMEOUT = 0.1
 REPLY_TIMEOUT = 0.5
@@ -174,9 +176,11 @@ class RespClient:
         self._connection: _Connection | None = None
         self._connecting: asyncio.Future[_Connection] | None = None
 
-    async def execute(self, *args: Arg) -> Any:
-        """Run one command. A connection lost before the answer came is retried once on a
-        new one (every command spendgate sends here is safe to repeat)."""
+    async def execute(self, *args: Arg, key: str | None = None) -> Any:
+        """Run one command. `key` names the key it works on: on a cluster (see
+        resp_cluster.py) it picks the node; here there is only one. A connection lost
+        before the answer came is retried once on a new one (every command spendgate
+        sends here is safe to repeat)."""
         packed = _pack(args)
         connection = self._connection
         if connection is None or connection.broken:
@@ -189,14 +193,29 @@ class RespClient:
             connection = await self._connect()
             return await connection.send(packed)
 
+    async def pipeline(self, commands: Sequence[Command]) -> list[Any]:
+        """Run commands in one round trip; each reply in order, a ReplyError for a command
+        Redis refused. Not a transaction: each command runs on its own."""
+        connection = await self._connect()
+        futures = [connection.send(_pack(tuple(args))) for _, args in commands]
+        replies = await asyncio.gather(*futures, return_exceptions=True)
+        for reply in replies:
+            if isinstance(reply, OSError):  # the connection failed: no reply is trustworthy
+                raise reply
+        return replies
+
     async def run(self, script: Script, keys: Sequence[str], args: Sequence[Arg]) -> Any:
         """EVALSHA, or EVAL once when this server does not have the script yet."""
         try:
-            return await self.execute("EVALSHA", script.sha, len(keys), *keys, *args)
+            return await self.execute(
+                "EVALSHA", script.sha, len(keys), *keys, *args, key=keys[0] if keys else None
+            )
         except ReplyError as exc:
             if not str(exc).startswith("NOSCRIPT"):
                 raise
-        return await self.execute("EVAL", script.source, len(keys), *keys, *args)
+        return await self.execute(
+            "EVAL", script.source, len(keys), *keys, *args, key=keys[0] if keys else None
+        )
 
     async def connect(self) -> None:
         """Connect now rather than on the first command."""

@@ -163,3 +163,18 @@ async def test_a_server_that_stops_answering_fails_every_waiting_command() -> No
     assert [type(result) for result in results] == [TimeoutError, TimeoutError]
     assert 0.2 <= elapsed < 1.0
     assert received.count(b"GET") == 2
+
+
+async def test_a_pipeline_returns_each_reply_and_each_refusal_in_order(
+    resp: RespClient, raw_redis: redis.Redis, redis_prefix: str
+) -> None:
+    counter, listing = f"{redis_prefix}:resp:n", f"{redis_prefix}:resp:l"
+    await raw_redis.rpush(listing, "x")
+
+    replies = await resp.pipeline(
+        [(counter, ("INCRBY", counter, 5)), (listing, ("INCR", listing)), (None, ("PING",))]
+    )
+
+    assert replies[0] == 5
+    assert isinstance(replies[1], ReplyError) and "WRONGTYPE" in str(replies[1])
+    assert replies[2] == b"PONG"
