@@ -32,12 +32,11 @@ from datetime import datetime
 from typing import Any, Final
 
 import asyncpg
-from redis.asyncio.client import Redis
-from redis.exceptions import ResponseError
 
 from spendgate.storage.errors import StorageUnavailable
 from spendgate.storage.postgres import postgres_errors
 from spendgate.storage.redis_client import redis_errors
+from spendgate.storage.resp import Command, ReplyError, RespClient
 from spendgate.storage.usage_events import (
     MalformedEvent,
     UsageEvent,
@@ -98,16 +97,18 @@ class _Round:
 
 
 def _is_nogroup(reply: object) -> bool:
-    return isinstance(reply, ResponseError) and str(reply).startswith("NOGROUP")
+    return isinstance(reply, ReplyError) and str(reply).startswith("NOGROUP")
 
 
-def _stream_entries(reply: Any) -> list[tuple[bytes, dict[bytes, bytes] | None]]:
-    """The entries of a one-stream XREADGROUP reply, in either redis-py response shape."""
-    if not reply:
-        return []
-    if isinstance(reply, dict):  # legacy_responses=False: {stream: entries}
-        return list(next(iter(reply.values())))
-    return list(reply[0][1])  # RESP2: [[stream, entries]]
+def _entries(bucket: int, found: list[list[Any]]) -> list[_Entry]:
+    """Stream entries as Redis sends them, `[id, [field, value, ...]]`; the fields are nil
+    for an entry deleted from the stream while it was pending."""
+    entries = []
+    for id_, flat in found:
+        if id_ is not None:
+            fields = dict(zip(flat[::2], flat[1::2], strict=True)) if flat else {}
+            entries.append(_Entry(bucket, id_, fields))
+    return entries
 
 
 class UsageWriter:
@@ -119,7 +120,7 @@ class UsageWriter:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: RespClient,
         pool: asyncpg.Pool,
         *,
         prefix: str,
@@ -189,11 +190,10 @@ class UsageWriter:
     async def backlog(self) -> int:
         """Events in the streams not yet written: written ones are deleted, so this is
         the sum of the streams' lengths."""
-        pipe = self._redis.pipeline(transaction=False)
-        for stream in self._streams:
-            pipe.xlen(stream)
         async with redis_errors():
-            lengths = await pipe.execute()
+            lengths = await self._redis.pipeline(
+                [(stream, ("XLEN", stream)) for stream in self._streams]
+            )
         return sum(int(length) for length in lengths)
 
     async def run_once(self) -> int:
@@ -324,12 +324,13 @@ class UsageWriter:
         by_bucket: dict[int, list[bytes]] = {}
         for entry in entries:
             by_bucket.setdefault(entry.bucket, []).append(entry.id)
-        pipe = self._redis.pipeline(transaction=False)
+        commands: list[Command] = []
         for bucket, ids in by_bucket.items():
-            pipe.xack(self._streams[bucket], GROUP, *ids)
-            pipe.xdel(self._streams[bucket], *ids)
+            stream = self._streams[bucket]
+            commands.append((stream, ("XACK", stream, GROUP, *ids)))
+            commands.append((stream, ("XDEL", stream, *ids)))
         async with redis_errors():
-            replies = await pipe.execute(raise_on_error=False)
+            replies = await self._redis.pipeline(commands)
         errors = [reply for reply in replies if isinstance(reply, Exception)]
         if errors:
             raise errors[0]
@@ -361,8 +362,8 @@ class UsageWriter:
                     log.error("usage writer: cannot read bucket %d: %s", bucket, reply)
                 broken.add(bucket)
                 continue
-            found = _stream_entries(reply)
-            entries.extend(_Entry(bucket, id_, fields or {}) for id_, fields in found)
+            found = reply[0][1] if reply else []  # [[stream, entries]], or nil: none
+            entries.extend(_entries(bucket, found))
             if len(found) >= self._batch_size:
                 full = True
             elif start == b"0":
@@ -373,29 +374,25 @@ class UsageWriter:
         return entries, full, history_done
 
     async def _read_buckets(self, reads: list[tuple[int, bytes]]) -> list[Any]:
-        pipe = self._redis.pipeline(transaction=False)
+        commands: list[Command] = []
         for bucket, start in reads:
-            pipe.xreadgroup(
-                GROUP, self._consumer, {self._streams[bucket]: start}, count=self._batch_size
-            )
+            stream = self._streams[bucket]
+            read = ("XREADGROUP", "GROUP", GROUP, self._consumer, "COUNT", self._batch_size)
+            commands.append((stream, (*read, "STREAMS", stream, start)))
         async with redis_errors():
-            return await pipe.execute(raise_on_error=False)
+            return await self._redis.pipeline(commands)
 
     async def _reclaim(self) -> tuple[list[_Entry], bool]:
         """Claim entries idle longer than claim_idle_ms from any consumer (one that died)."""
         buckets = range(len(self._streams))
-        pipe = self._redis.pipeline(transaction=False)
+        commands: list[Command] = []
         for bucket in buckets:
-            pipe.xautoclaim(
-                self._streams[bucket],
-                GROUP,
-                self._consumer,
-                self._claim_idle_ms,
-                start_id=self._claim_cursors.get(bucket, _DONE_CURSOR),
-                count=self._batch_size,
-            )
+            stream = self._streams[bucket]
+            cursor = self._claim_cursors.get(bucket, _DONE_CURSOR)
+            claim = ("XAUTOCLAIM", stream, GROUP, self._consumer, self._claim_idle_ms, cursor)
+            commands.append((stream, (*claim, "COUNT", self._batch_size)))
         async with redis_errors():
-            replies = await pipe.execute(raise_on_error=False)
+            replies = await self._redis.pipeline(commands)
         entries: list[_Entry] = []
         unfinished = False
         for bucket, reply in zip(buckets, replies, strict=True):
@@ -406,9 +403,7 @@ class UsageWriter:
             # [next cursor, [(id, fields)...], [ids deleted from the stream]] (Redis 7+).
             # The deleted ids are already gone from the pending list: nothing to ack.
             cursor, claimed = reply[0], reply[1]
-            for id_, fields in claimed:
-                if id_ is not None:
-                    entries.append(_Entry(bucket, id_, fields or {}))
+            entries.extend(_entries(bucket, claimed))
             if cursor == _DONE_CURSOR:
                 self._claim_cursors.pop(bucket, None)
             else:
@@ -419,11 +414,12 @@ class UsageWriter:
         return entries, unfinished
 
     async def _create_groups(self, buckets: Iterable[int]) -> None:
-        pipe = self._redis.pipeline(transaction=False)
-        for bucket in buckets:
-            pipe.xgroup_create(self._streams[bucket], GROUP, id="0", mkstream=True)
+        commands: list[Command] = [
+            (self._streams[b], ("XGROUP", "CREATE", self._streams[b], GROUP, "0", "MKSTREAM"))
+            for b in buckets
+        ]
         async with redis_errors():
-            replies = await pipe.execute(raise_on_error=False)
+            replies = await self._redis.pipeline(commands)
         for reply in replies:
             if isinstance(reply, Exception) and not str(reply).startswith("BUSYGROUP"):
                 raise reply

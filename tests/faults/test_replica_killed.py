@@ -22,7 +22,7 @@ from aiohttp.test_utils import TestServer
 from spendgate.config import Settings
 from spendgate.enforcement.money import format_usd
 from spendgate.storage.postgres import create_pool
-from spendgate.storage.redis_client import close_redis, create_redis
+from spendgate.storage.resp import RespClient
 from spendgate.storage.spend import RESERVATION_TTL
 from spendgate.storage.usage_writer import GROUP, UsageWriter
 from tests.fakes.upstream import FakeUpstream
@@ -204,7 +204,7 @@ async def test_a_killed_replica_holds_no_budget_charges_nothing_unfinished_and_l
 
     # A writer like every replica's, but with a short claim idle time, claims it.
     pool = await create_pool(str(settings.database_url), size=1)
-    client = create_redis(str(settings.redis_url))
+    client = RespClient(str(settings.redis_url))
     rescuer = UsageWriter(
         client, pool, prefix=redis_prefix, buckets=BUCKETS, consumer="rescuer", claim_idle_ms=100
     )
@@ -212,7 +212,7 @@ async def test_a_killed_replica_holds_no_budget_charges_nothing_unfinished_and_l
         assert await rescuer.run_once() == 1
         assert await rescuer.run_once() == 0
     finally:
-        await close_redis(client)
+        await client.aclose()
         await pool.close()
 
     rows = await ledger(db, key["id"], 3)

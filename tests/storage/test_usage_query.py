@@ -18,7 +18,7 @@ from asyncpg.pool import PoolConnectionProxy
 
 from spendgate.enforcement.errors import NotFound
 from spendgate.storage.postgres import create_pool, migrate, migrations
-from spendgate.storage.redis_client import create_redis
+from spendgate.storage.resp import RespClient
 from spendgate.storage.usage_events import usage_stream_key
 from spendgate.storage.usage_query import (
     _PAGE,
@@ -165,7 +165,7 @@ async def test_concurrent_writers_of_the_same_rows_count_them_once(pool: asyncpg
 async def test_the_writer_seeing_a_duplicate_event_keeps_the_rollup_exact(
     pool: asyncpg.Pool, redis_url: str, redis_prefix: str, raw_redis: redis.Redis
 ) -> None:
-    client = create_redis(redis_url)
+    client = RespClient(redis_url)
     writer = UsageWriter(client, pool, prefix=redis_prefix, buckets=1, consumer="w1")
     await writer.ensure_groups()
     stream = usage_stream_key(redis_prefix, 0)
@@ -200,7 +200,6 @@ async def test_the_writer_seeing_a_duplicate_event_keeps_the_rollup_exact(
     finally:
         await writer.stop()
         await client.aclose()
-        await client.connection_pool.aclose()
 
 
 async def test_the_migration_backfills_the_rollup_from_an_existing_ledger(

@@ -19,7 +19,7 @@ from spendgate.enforcement.keys import bucket_of
 from spendgate.enforcement.windows import from_epoch_ms
 from spendgate.storage.errors import StorageUnavailable
 from spendgate.storage.postgres import create_pool, migrate, postgres_errors
-from spendgate.storage.redis_client import create_redis
+from spendgate.storage.resp import RespClient
 from spendgate.storage.usage_events import usage_stream_key
 from spendgate.storage.usage_writer import GROUP, UsageWriter
 from tests.helpers import TcpLink
@@ -84,11 +84,6 @@ async def stream_state(client: redis.Redis, prefix: str) -> tuple[int, int]:
     return length, pending
 
 
-async def close_redis(client: redis.Redis) -> None:
-    await client.aclose()
-    await client.connection_pool.aclose()  # create_redis's client does not own its pool
-
-
 async def count_rows(db: asyncpg.Connection) -> int:
     return int(await db.fetchval("SELECT count(*) FROM usage_events"))
 
@@ -108,11 +103,11 @@ async def wait_until(check: Callable[[], Awaitable[bool]], timeout: float = 5.0)
 async def make_writer(
     redis_url: str, redis_prefix: str, raw_redis: redis.Redis
 ) -> AsyncIterator[MakeWriter]:
-    """Writers on the production Redis client (100 ms timeouts); stopped afterwards."""
-    made: list[tuple[UsageWriter, redis.Redis]] = []
+    """Writers on the production Redis client; stopped afterwards."""
+    made: list[tuple[UsageWriter, RespClient]] = []
 
     def make(pool: asyncpg.Pool, consumer: str = "w1", **options: Any) -> UsageWriter:
-        client = create_redis(redis_url)
+        client = RespClient(redis_url)
         writer = UsageWriter(
             client, pool, prefix=redis_prefix, buckets=BUCKETS, consumer=consumer, **options
         )
@@ -122,7 +117,7 @@ async def make_writer(
     yield make
     for writer, client in made:
         await writer.stop(drain_timeout=1)
-        await close_redis(client)
+        await client.aclose()
 
 
 async def test_events_of_every_bucket_land_once_with_their_values(
@@ -307,7 +302,7 @@ async def test_redis_going_away_and_back_loses_nothing(
     assert parts.hostname
     link = TcpLink(parts.hostname, parts.port or 6379)
     await link.restore()
-    client = create_redis(urlunsplit(parts._replace(netloc=f"127.0.0.1:{link.port}")))
+    client = RespClient(urlunsplit(parts._replace(netloc=f"127.0.0.1:{link.port}")))
     writer = UsageWriter(
         client, pool, prefix=redis_prefix, buckets=BUCKETS, consumer="w1", flush_interval=0.05
     )
@@ -323,7 +318,7 @@ async def test_redis_going_away_and_back_loses_nothing(
     await wait_until(partial(_rows_are, db, 1 + BUCKETS), timeout=4)
     await wait_until(partial(_streams_empty, raw_redis, redis_prefix))
     await writer.stop()
-    await close_redis(client)
+    await client.aclose()
     await link.cut()
 
 
