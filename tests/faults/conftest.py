@@ -31,6 +31,9 @@ HI = [{"role": "user", "content": "hi"}]
 FAKE_COST = 10 * 1000 + 5 * 2000
 # "hi" on mock/echo-1 with max_tokens=16: 1 prompt token, 16 completion tokens.
 MOCK_COST = 1 * 1000 + 16 * 2000
+# What admission estimates for that call: 2 bytes + 4 + 3 = 9 input tokens, 16 output.
+INPUT_ESTIMATE = 9 * 1000
+ONE_OUTPUT_TOKEN = 2000
 BUCKETS = Settings().buckets  # the default; every Redis key of an API key carries {b<N>}
 
 
@@ -67,6 +70,38 @@ async def chat(
     )
     answer = await response.json()
     return response.status, response.headers, answer
+
+
+async def until_answered(gateway: Gateway, token: str) -> tuple[str | None, int]:
+    """One client of a nearly spent key ("hi" on mock/echo-1, max_tokens=16): it retries
+    while only in-flight reservations stand in the way, as a client told `Retry-After: 1`
+    would (faster here), so the whole budget gets used. Returns the request id of the
+    answered call (None once the limit refuses it for good) and the number of retries."""
+    retries = 0
+    while True:
+        status, headers, answer = await chat(gateway, token, max_tokens=16)
+        if status == 200:
+            return headers["x-request-id"], retries
+        assert status == 429, answer
+        assert answer["error"]["code"] == "usage_limit_exceeded"
+        if headers.get("Retry-After") != "1":
+            return None, retries
+        retries += 1
+        await asyncio.sleep(0.01)
+
+
+def assert_within_the_bound(mode: str, costs: list[int], limit: int) -> None:
+    """DESIGN.md "Limits" for calls of MOCK_COST each that keep to their estimates:
+    `reserve` stops once the limit is reached and overspends by less than one call;
+    `hard` never goes over, and stops only when what is left cannot pay for one more
+    call's input and one output token."""
+    charged = sum(costs)
+    if mode == "reserve":
+        assert all(cost == MOCK_COST for cost in costs)
+        assert limit <= charged < limit + MOCK_COST
+    else:
+        assert all(cost <= MOCK_COST for cost in costs)
+        assert limit - (INPUT_ESTIMATE + ONE_OUTPUT_TOKEN) < charged <= limit
 
 
 async def wait_until(
