@@ -224,42 +224,30 @@ class Gateway:
         self, principal: Principal, admission: AdmissionRequest, model: Model
     ) -> Admitted:
         """Run the admission script. If the handler is cancelled while it runs, the script
-        may still have reserved in Redis: a task of the settler waits for its answer and
-        releases what it reserved (settled at cost 0), so nothing waits 10 minutes to expire."""
-        running = asyncio.ensure_future(self.spend.admit(principal, admission))
+        may still reserve: it is queued on the Redis connection already. A settle at cost
+        0, queued behind it on the same connection (the key's slot has one), runs after it
+        and releases what it reserved, or finds nothing and does nothing. So nothing waits
+        10 minutes to expire."""
         try:
-            return await asyncio.shield(running)
+            return await self.spend.admit(principal, admission)
         except asyncio.CancelledError:
-            self.settler.finish(self._release(running, principal, admission, model))
-            raise
-
-    async def _release(
-        self,
-        running: asyncio.Future[Admitted],
-        principal: Principal,
-        admission: AdmissionRequest,
-        model: Model,
-    ) -> None:
-        try:
-            await running
-        except Exception:  # not admitted: nothing to release
-            return
-        await self.settler.settle(
-            UsageEvent(
-                request_id=admission.request_id,
-                created_at_ms=to_epoch_ms(admission.now),
-                key_id=principal.key_id,
-                project_id=principal.project_id,
-                model=model.full_id,
-                provider=model.provider,
-                usage=Usage(),
-                cost=0,
-                status=CLIENT_CLOSED,
-                duration_ms=0,
-                billing="credits",
-                stream=False,
+            self.settler.defer(
+                UsageEvent(
+                    request_id=admission.request_id,
+                    created_at_ms=to_epoch_ms(admission.now),
+                    key_id=principal.key_id,
+                    project_id=principal.project_id,
+                    model=model.full_id,
+                    provider=model.provider,
+                    usage=Usage(),
+                    cost=0,
+                    status=CLIENT_CLOSED,
+                    duration_ms=0,
+                    billing="credits",
+                    stream=False,
+                )
             )
-        )
+            raise
 
     def _upstream_body(self, body: dict[str, Any], model: Model) -> dict[str, Any]:
         upstream = dict(body)
