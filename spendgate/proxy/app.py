@@ -15,6 +15,7 @@ from aiohttp.typedefs import Handler
 
 from spendgate.config import Settings
 from spendgate.config.catalog import Catalog, load_catalog
+from spendgate.dashboard.routes import add_dashboard_routes
 from spendgate.enforcement.keys import Clock, SystemClock
 from spendgate.proxy.admin import ADMIN, PREFIX, AdminApi, admin_app, admin_auth_middleware
 from spendgate.proxy.admin_usage import cursor_secret
@@ -152,6 +153,7 @@ def create_app(
 
     app.cleanup_ctx.append(resources)
     app.add_subapp(PREFIX, admin_app())
+    add_dashboard_routes(app)
     app.router.add_post("/v1/chat/completions", _route(GATEWAY, Gateway.chat_completions))
     app.router.add_post("/v1/completions", _route(GATEWAY, Gateway.completions))
     app.router.add_post("/v1/embeddings", _route(GATEWAY, Gateway.embeddings))
