@@ -4,6 +4,7 @@ HTTP listener. `spendgate serve` and `spendgate migrate` call into here."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import secrets
@@ -99,8 +100,10 @@ def serve(settings: Settings) -> None:
 
 
 def _run_worker(settings: Settings, *, reuse_port: bool) -> None:
+    app = create_app(settings)
+    app.on_startup.append(_freeze_startup_objects)  # after the resources' start-up
     web.run_app(
-        create_app(settings),
+        app,
         loop=_new_loop(),
         host=settings.host,
         port=settings.port,
@@ -109,6 +112,14 @@ def _run_worker(settings: Settings, *, reuse_port: bool) -> None:
         handle_signals=True,
         reuse_port=reuse_port,
     )
+
+
+async def _freeze_startup_objects(app: web.Application) -> None:
+    """Exempt what start-up built (modules, the price catalog, pools) from the garbage
+    collector. A full collection otherwise walks all of it, a pause of about 10 ms (the
+    catalog alone) that lands on whichever requests are in flight: the bench's p99."""
+    gc.collect()
+    gc.freeze()
 
 
 def _new_loop() -> asyncio.AbstractEventLoop:

@@ -6,7 +6,8 @@ Python, and a Task per command for its timeout (docs/BENCHMARKS.md). This client
 commands of all concurrent requests down one connection, joined into one write per turn
 of the event loop, and matches the replies in order, which is the order Redis answers a
 connection's commands in. Packing and parsing are hiredis's (C). A stalled server is
-caught by one timer per connection, not one per command.
+caught by one timer per connection (nothing heard for 500 ms while commands wait), not
+one per command.
 
 It does what the request path needs and no more: commands, and scripts by SHA that load
 themselves on NOSCRIPT. Everything else (admin writes, the ledger's streams, pub/sub) stays
@@ -36,6 +37,7 @@ Command = tuple[str | None, Sequence[Arg]]
 
 CONNECT_TIMEOUT = 0.1
 REPLY_TIMEOUT = 0.5
+SECOND_LOOK = 0.05
 
 
 class ReplyError(Exception):
@@ -59,10 +61,13 @@ class _Connection(asyncio.Protocol):
         self._reply_timeout = reply_timeout
         self._transport: asyncio.Transport | None = None
         self._reader = hiredis.Reader()
-        # Futures of the commands sent and not answered yet, with when each was sent.
-        self._waiting: deque[tuple[asyncio.Future[Any], float]] = deque()
+        # Futures of the commands sent and not answered yet, in order.
+        self._waiting: deque[asyncio.Future[Any]] = deque()
         self._outgoing: list[bytes] = []
         self._watchdog: asyncio.TimerHandle | None = None
+        # When the connection last showed life: a reply, or the command that found it idle.
+        self._quiet_since = 0.0
+        self._suspect = False
         self.broken = False
 
     # -- asyncio.Protocol ---------------------------------------------------------------
@@ -73,6 +78,8 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._reader.feed(data)
+        self._quiet_since = self._loop.time()
+        self._suspect = False
         waiting = self._waiting
         while True:
             try:
@@ -85,7 +92,7 @@ class _Connection(asyncio.Protocol):
             if not waiting:  # an answer nobody asked for: the stream is out of step
                 self._break(ConnectionError("redis sent an unexpected reply"))
                 return
-            future, _ = waiting.popleft()
+            future = waiting.popleft()
             if future.done():  # its caller was cancelled
                 continue
             if isinstance(reply, hiredis.ReplyError):
@@ -103,7 +110,9 @@ class _Connection(asyncio.Protocol):
         if self.broken:
             raise ConnectionError("redis connection lost")
         future = self._loop.create_future()
-        self._waiting.append((future, self._loop.time()))
+        if not self._waiting:
+            self._quiet_since = self._loop.time()
+        self._waiting.append(future)
         if not self._outgoing:
             self._loop.call_soon(self._flush)
         self._outgoing.append(packed)
@@ -119,16 +128,21 @@ class _Connection(asyncio.Protocol):
         outgoing.clear()
 
     def _check(self) -> None:
-        """The oldest unanswered command decides: older than the reply timeout means the
-        server (or the path to it) stalled, and the connection is given up."""
+        """Commands waiting and nothing heard for the reply timeout: the server (or the
+        path to it) stalled, and the connection is given up. Only on a second look: the
+        first may come right after the event loop itself was busy for that long, before
+        it read what arrived meanwhile (uvloop runs timers before it polls the sockets)."""
         self._watchdog = None
         if not self._waiting or self.broken:
             return
-        overdue_at = self._waiting[0][1] + self._reply_timeout
-        if self._loop.time() >= overdue_at:
-            self._break(TimeoutError("redis did not answer in time"))
-        else:
+        overdue_at = self._quiet_since + self._reply_timeout
+        if self._loop.time() < overdue_at:
             self._watchdog = self._loop.call_at(overdue_at, self._check)
+        elif not self._suspect:
+            self._suspect = True
+            self._watchdog = self._loop.call_later(SECOND_LOOK, self._check)
+        else:
+            self._break(TimeoutError("redis did not answer in time"))
 
     def close(self) -> None:
         self._break(ConnectionError("redis connection closed"))
@@ -142,7 +156,7 @@ class _Connection(asyncio.Protocol):
             self._watchdog = None
         self._outgoing.clear()
         while self._waiting:
-            future, _ = self._waiting.popleft()
+            future = self._waiting.popleft()
             if not future.done():
                 future.set_exception(exc)
         if self._transport is not None:

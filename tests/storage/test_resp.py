@@ -178,3 +178,19 @@ async def test_a_pipeline_returns_each_reply_and_each_refusal_in_order(
     assert replies[0] == 5
     assert isinstance(replies[1], ReplyError) and "WRONGTYPE" in str(replies[1])
     assert replies[2] == b"PONG"
+
+
+async def test_an_event_loop_busy_past_the_reply_timeout_is_not_a_stalled_server(
+    redis_url: str,
+) -> None:
+    """The loop, not Redis, was slow: the command had not even been written when its
+    timer came due. The reply that comes right after is taken, not a timeout."""
+    client = RespClient(redis_url, reply_timeout=0.1)
+    try:
+        await client.connect()
+        answer = asyncio.create_task(client.execute("ECHO", "late"))
+        await asyncio.sleep(0)  # queued; the write goes out on the loop's next turn
+        time.sleep(0.3)  # the loop is busy elsewhere, three reply timeouts long
+        assert await answer == b"late"
+    finally:
+        await client.aclose()
