@@ -1,5 +1,5 @@
 """The dependency direction of DESIGN.md: proxy -> storage -> enforcement -> config, and
-each outside library kept inside its one package."""
+each outside library kept inside the packages that own it."""
 
 from __future__ import annotations
 
@@ -18,10 +18,13 @@ ALLOWED = {
     "config": {"config", "types"},
     "enforcement": {"enforcement", "config", "types"},
     "storage": {"storage", "enforcement", "config", "types"},
-    "proxy": {"proxy", "storage", "enforcement", "config", "types"},
+    "proxy": {"proxy", "storage", "enforcement", "config", "types", "dashboard"},
+    # The API Keys page: static assets and the routes serving them; a client of the admin
+    # API over HTTP, so it imports nothing of ours.
+    "dashboard": {"dashboard"},
 }
-# outside library -> the only package that may import it
-OWNED = {"aiohttp": "proxy", "redis": "storage", "asyncpg": "storage"}
+# outside library -> the only packages that may import it
+OWNED = {"aiohttp": {"proxy", "dashboard"}, "redis": {"storage"}, "asyncpg": {"storage"}}
 
 
 def modules() -> list[str]:
@@ -48,7 +51,7 @@ def test_packages_import_only_downward(package: str) -> None:
             if parts[0] == "spendgate" and len(parts) > 1:
                 assert parts[1] in ALLOWED[package], f"{path.name} imports {name}"
             if parts[0] in OWNED:
-                assert OWNED[parts[0]] == package, f"{path.name} imports {name}"
+                assert package in OWNED[parts[0]], f"{path.name} imports {name}"
 
 
 def test_the_walk_sees_every_layer() -> None:
