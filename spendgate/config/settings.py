@@ -15,12 +15,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import SplitResult, urlsplit
 
 from spendgate.config.errors import ConfigError
 
 ENV_PREFIX = "SPENDGATE_"
 LOG_LEVELS = ("debug", "info", "warning", "error")
 ENFORCEMENT_MODES = ("reserve", "hard")
+REDIS_MODES = ("standalone", "cluster", "sentinel")
 
 
 def _env(name: str) -> dict[str, str]:
@@ -32,6 +34,16 @@ class Settings:
     # Servers. None means: start the embedded ones under data_dir (`spendgate serve`).
     database_url: str | None = field(default=None, metadata=_env("DATABASE_URL"))
     redis_url: str | None = field(default=None, metadata=_env("REDIS_URL"))
+    # How REDIS_URL is read: `standalone`, one server; `cluster`, seed nodes of a Redis
+    # Cluster; `sentinel`, the Sentinels that know the master named REDIS_SENTINEL_MASTER.
+    # Cluster and Sentinel URLs may be a comma-separated list; user, password, database
+    # and TLS in them are the data nodes' (docs/DECISIONS.md, "Redis deployments").
+    redis_mode: str = field(default="standalone", metadata=_env("REDIS_MODE"))
+    redis_sentinel_master: str | None = field(default=None, metadata=_env("REDIS_SENTINEL_MASTER"))
+    # The Sentinels' own password (`requirepass` in sentinel.conf), if they have one.
+    redis_sentinel_password: str | None = field(
+        default=None, metadata=_env("REDIS_SENTINEL_PASSWORD")
+    )
     # Every Redis key spendgate writes starts with this prefix (tests isolate by it).
     redis_prefix: str = field(default="sg", metadata=_env("REDIS_PREFIX"))
     admin_token: str | None = field(default=None, metadata=_env("ADMIN_TOKEN"))
@@ -89,6 +101,7 @@ class Settings:
             "LEDGER_CLAIM_IDLE_MS",
             "100 to 3600000 milliseconds",
         )
+        _check_redis(self)
         _check(bool(self.redis_prefix), "REDIS_PREFIX", "not empty")
         _check(
             self.redis_prefix.isascii() and "{" not in self.redis_prefix,
@@ -137,10 +150,75 @@ class Settings:
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
 
+    @property
+    def redis_urls(self) -> tuple[str, ...]:
+        """The URLs of REDIS_URL: the server, a cluster's seed nodes, or the Sentinels."""
+        if self.redis_url is None:
+            return ()
+        return tuple(url.strip() for url in self.redis_url.split(","))
+
 
 def _check(ok: bool, var: str, expected: str) -> None:
     if not ok:
         raise ConfigError(ENV_PREFIX + var, f"must be {expected}")
+
+
+def _check_redis(settings: Settings) -> None:
+    """The Redis deployment: a mode, URLs that fit it, a master name for Sentinel. Messages
+    never echo a URL (it may hold a password)."""
+    mode = settings.redis_mode
+    _check(mode in REDIS_MODES, "REDIS_MODE", "standalone, cluster or sentinel")
+    sentinel = mode == "sentinel"
+    if sentinel:
+        _check(
+            bool(settings.redis_sentinel_master), "REDIS_SENTINEL_MASTER", "set in sentinel mode"
+        )
+    for var, value in (
+        ("REDIS_SENTINEL_MASTER", settings.redis_sentinel_master),
+        ("REDIS_SENTINEL_PASSWORD", settings.redis_sentinel_password),
+    ):
+        _check(sentinel or value is None, var, "unset unless REDIS_MODE is sentinel")
+    if settings.redis_url is None:
+        # The embedded server spendgate starts is a single one.
+        _check(mode == "standalone", "REDIS_URL", f"set in {mode} mode")
+        return
+    urls = [_split_url(url) for url in settings.redis_urls]
+    if mode == "standalone":
+        _check(len(urls) == 1, "REDIS_URL", "one URL in standalone mode")
+        _check(
+            urls[0].scheme in ("redis", "rediss", "unix"),
+            "REDIS_URL",
+            "a redis://, rediss:// or unix:// URL",
+        )
+        return
+    for url in urls:
+        _check(
+            url.scheme in ("redis", "rediss"),
+            "REDIS_URL",
+            f"redis:// or rediss:// URLs in {mode} mode",
+        )
+        _check(bool(url.hostname), "REDIS_URL", "URLs that name a host")
+        _check(
+            url.path in ("", "/") or url.path[1:].isdigit(),
+            "REDIS_URL",
+            "URLs whose path is a database number",
+        )
+    _check(
+        len({(u.scheme, u.username, u.password, u.path.strip("/") or "0") for u in urls}) == 1,
+        "REDIS_URL",
+        "URLs that agree on scheme, user, password and database",
+    )
+    if mode == "cluster":
+        _check(urls[0].path.strip("/") in ("", "0"), "REDIS_URL", "database 0 in cluster mode")
+
+
+def _split_url(url: str) -> SplitResult:
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (a port out of range or not a number raises here)
+    except ValueError:
+        raise ConfigError(ENV_PREFIX + "REDIS_URL", "must be a URL with a valid port") from None
+    return parts
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

@@ -205,7 +205,106 @@ def test_boundary_values_are_accepted() -> None:
     assert settings.key_cache_ttl == 0.0
 
 
-# --- the TOML file ---------------------------------------------------------------------------
+# --- the Redis deployment --------------------------------------------------------------------
+
+SEEDS = "redis://:pw@10.0.0.1:7000/0, redis://:pw@10.0.0.2:7000/0,redis://:pw@10.0.0.3:7001/0"
+
+
+def test_a_cluster_takes_a_list_of_seed_nodes() -> None:
+    settings = Settings.from_env({"SPENDGATE_REDIS_MODE": "cluster", "SPENDGATE_REDIS_URL": SEEDS})
+    assert settings.redis_mode == "cluster"
+    assert settings.redis_urls == (
+        "redis://:pw@10.0.0.1:7000/0",
+        "redis://:pw@10.0.0.2:7000/0",
+        "redis://:pw@10.0.0.3:7001/0",
+    )
+
+
+def test_sentinel_takes_the_sentinels_a_master_name_and_their_password() -> None:
+    settings = Settings.from_env(
+        {
+            "SPENDGATE_REDIS_MODE": "sentinel",
+            "SPENDGATE_REDIS_URL": "rediss://:pw@s1:26379/2,rediss://:pw@s2:26379/2",
+            "SPENDGATE_REDIS_SENTINEL_MASTER": "spendgate",
+            "SPENDGATE_REDIS_SENTINEL_PASSWORD": "sentinel-pw",
+        }
+    )
+    assert settings.redis_urls == ("rediss://:pw@s1:26379/2", "rediss://:pw@s2:26379/2")
+    assert (settings.redis_sentinel_master, settings.redis_sentinel_password) == (
+        "spendgate",
+        "sentinel-pw",
+    )
+
+
+def test_standalone_is_the_default_and_has_one_url() -> None:
+    settings = Settings.from_env({"SPENDGATE_REDIS_URL": "unix:///run/redis.sock?db=1"})
+    assert settings.redis_mode == "standalone"
+    assert settings.redis_urls == ("unix:///run/redis.sock?db=1",)
+    assert Settings().redis_urls == ()
+
+
+@pytest.mark.parametrize(
+    ("environ", "var"),
+    [
+        ({"SPENDGATE_REDIS_MODE": "clustered"}, "SPENDGATE_REDIS_MODE"),
+        # The embedded server is a single one: cluster and Sentinel need their URLs.
+        ({"SPENDGATE_REDIS_MODE": "cluster"}, "SPENDGATE_REDIS_URL"),
+        (
+            {"SPENDGATE_REDIS_MODE": "sentinel", "SPENDGATE_REDIS_SENTINEL_MASTER": "m"},
+            "SPENDGATE_REDIS_URL",
+        ),
+        (
+            {"SPENDGATE_REDIS_MODE": "sentinel", "SPENDGATE_REDIS_URL": "redis://s:26379"},
+            "SPENDGATE_REDIS_SENTINEL_MASTER",
+        ),
+        # Sentinel settings without Sentinel mean a forgotten REDIS_MODE.
+        ({"SPENDGATE_REDIS_SENTINEL_MASTER": "m"}, "SPENDGATE_REDIS_SENTINEL_MASTER"),
+        (
+            {
+                "SPENDGATE_REDIS_MODE": "cluster",
+                "SPENDGATE_REDIS_URL": SEEDS,
+                "SPENDGATE_REDIS_SENTINEL_PASSWORD": "x",
+            },
+            "SPENDGATE_REDIS_SENTINEL_PASSWORD",
+        ),  # fmt: skip
+        ({"SPENDGATE_REDIS_URL": "redis://a:6379,redis://b:6379"}, "SPENDGATE_REDIS_URL"),
+        ({"SPENDGATE_REDIS_URL": "http://a:6379"}, "SPENDGATE_REDIS_URL"),
+        (
+            {"SPENDGATE_REDIS_MODE": "cluster", "SPENDGATE_REDIS_URL": "redis://a:7000/3"},
+            "SPENDGATE_REDIS_URL",
+        ),  # a cluster has only database 0
+        (
+            {"SPENDGATE_REDIS_MODE": "cluster", "SPENDGATE_REDIS_URL": "unix:///run/r.sock"},
+            "SPENDGATE_REDIS_URL",
+        ),
+        (
+            {"SPENDGATE_REDIS_MODE": "cluster", "SPENDGATE_REDIS_URL": "redis://a:7000,,"},
+            "SPENDGATE_REDIS_URL",
+        ),
+        (
+            {"SPENDGATE_REDIS_MODE": "cluster", "SPENDGATE_REDIS_URL": "redis://a:70000"},
+            "SPENDGATE_REDIS_URL",
+        ),
+        (
+            {"SPENDGATE_REDIS_MODE": "cluster", "SPENDGATE_REDIS_URL": "redis://a:7000/x"},
+            "SPENDGATE_REDIS_URL",
+        ),
+    ],
+)
+def test_a_redis_deployment_that_does_not_fit_names_the_variable(
+    environ: dict[str, str], var: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env(environ)
+    assert info.value.name == var
+
+
+def test_urls_that_disagree_on_credentials_are_refused_without_echoing_them() -> None:
+    urls = "redis://:first-secret@a:7000,redis://:second-secret@b:7000"
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({"SPENDGATE_REDIS_MODE": "cluster", "SPENDGATE_REDIS_URL": urls})
+    assert info.value.name == "SPENDGATE_REDIS_URL"
+    assert "agree" in str(info.value) and "secret" not in str(info.value)
 
 
 def test_toml_file_supplies_values_by_field_name(tmp_path: Path) -> None:
