@@ -29,14 +29,12 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from redis.asyncio.client import Redis
-from redis.exceptions import WatchError
 from redis.typing import EncodableT, FieldT
 
 from spendgate.enforcement.errors import InvalidField, NotFound
 from spendgate.storage.errors import StorageError, StorageUnavailable
 from spendgate.storage.postgres import postgres_errors
-from spendgate.storage.redis_client import redis_errors
+from spendgate.storage.redis_client import RedisClient, redis_errors
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +123,7 @@ class Credentials:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         pool: asyncpg.Pool,
         box: SecretBox | None,
         *,
@@ -249,7 +247,12 @@ class Credentials:
         return status
 
     async def _write_redis(self, name: str, sealed: Mapping[str, bytes]) -> None:
-        async with redis_errors(), self._redis.pipeline(transaction=True) as pipe:
+        """Replace the Redis copy; called with the project row locked. Without MULTI
+        (redis-py's cluster client runs each command of a MULTI in a thread of its own): a
+        reader that finds the hash gone between DEL and HSET refills it under the row's
+        lock, so only once this writer is done, and from what it committed."""
+        async with redis_errors():
+            pipe = self._redis.pipeline(transaction=False)
             pipe.delete(name)
             pipe.hset(name, mapping=_hash_of(sealed))
             pipe.expire(name, REDIS_TTL_SECONDS)
@@ -262,29 +265,19 @@ class Credentials:
             found = await self._redis.hgetall(name)
         if found:
             return _decode(found)
-        # A writer may rewrite the hash while we read Postgres; WATCH makes our refill give
-        # way to it, so a snapshot older than the writer's never replaces it.
-        async with redis_errors(), self._redis.pipeline(transaction=True) as pipe:
-            await pipe.watch(name)
-            found = await pipe.hgetall(name)
-            if found:
-                return _decode(found)
-            async with postgres_errors():
-                rows = await self._pool.fetch(
-                    "SELECT provider, ciphertext FROM provider_credentials WHERE project_id = $1",
-                    project_id,
-                )
+        # Refill under a share lock on the project row. Writers lock it FOR UPDATE and
+        # rewrite Redis before they commit, so none is half-way while we read and write:
+        # what we read is what the last of them committed, and the next one waits until
+        # our copy is in Redis, then replaces it. An older snapshot never lands last.
+        async with postgres_errors(), self._pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT FROM projects WHERE id = $1 FOR SHARE", project_id)
+            rows = await conn.fetch(
+                "SELECT provider, ciphertext FROM provider_credentials WHERE project_id = $1",
+                project_id,
+            )
             sealed: dict[str, bytes] = {r["provider"]: r["ciphertext"] for r in rows}
-            pipe.multi()  # type: ignore[no-untyped-call]
-            pipe.hset(name, mapping=_hash_of(sealed))
-            pipe.expire(name, REDIS_TTL_SECONDS)
-            try:
-                await pipe.execute()
-            except WatchError:
-                # A writer got there first and what we read may be older: take its copy.
-                found = await self._redis.hgetall(name)
-                return _decode(found) if found else sealed
-            return sealed
+            await self._write_redis(name, sealed)
+        return sealed
 
     def _decrypt(self, project_id: str, sealed: Mapping[str, bytes]) -> _Entry:
         assert self._box is not None

@@ -23,11 +23,10 @@ from __future__ import annotations
 from datetime import timedelta
 
 import orjson
-from redis.asyncio.client import Redis
 
 from spendgate.enforcement.keys import ApiKey, KeyUsage, bucket_of
 from spendgate.enforcement.windows import from_epoch_ms, to_epoch_ms
-from spendgate.storage.redis_client import load_script, redis_errors
+from spendgate.storage.redis_client import RedisClient, load_script, redis_errors
 
 TOMBSTONE_TTL = timedelta(days=1)
 _COUNTERS = (b"used", b"p_start", b"p_used")
@@ -36,7 +35,7 @@ _COUNTERS = (b"used", b"p_start", b"p_used")
 class KeyRecords:
     """Writes key records and token lookups, reads counters, publishes invalidations."""
 
-    def __init__(self, client: Redis, prefix: str, buckets: int) -> None:
+    def __init__(self, client: RedisClient, prefix: str, buckets: int) -> None:
         self._redis = client
         self._prefix = prefix
         self._buckets = buckets

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -317,27 +318,107 @@ async def test_a_lookup_racing_an_invalidation_does_not_cache_what_it_read(
     assert PROJECT not in credentials._cache
 
 
-async def test_a_refill_gives_way_to_a_writer_that_rewrote_redis_meanwhile(
-    credentials: Credentials, database_url: str, raw_redis: redis.Redis
+class HeldLink:
+    """A TCP hop to Redis whose client-to-server direction the test can hold: what the
+    client sends meanwhile waits (and is counted) until release()."""
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        self._target = (parts.hostname or "127.0.0.1", parts.port or 6379)
+        self.url = url  # through the link once started
+        self._open = asyncio.Event()
+        self._open.set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.held = 0
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        port = self._server.sockets[0].getsockname()[1]
+        self.url = urlunsplit(urlsplit(self.url)._replace(netloc=f"127.0.0.1:{port}"))
+
+    def hold(self) -> None:
+        self._open.clear()
+
+    def release(self) -> None:
+        self._open.set()
+
+    async def close(self) -> None:
+        self._server.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(*self._target)
+
+        async def upstream() -> None:
+            while data := await reader.read(65536):
+                if not self._open.is_set():
+                    self.held += len(data)
+                await self._open.wait()
+                up_writer.write(data)
+                await up_writer.drain()
+
+        async def downstream() -> None:
+            while data := await up_reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+
+        pipes = {asyncio.create_task(upstream()), asyncio.create_task(downstream())}
+        self._tasks |= pipes
+        try:
+            await asyncio.wait(pipes, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for pipe in pipes:
+                pipe.cancel()
+            self._tasks -= pipes
+            writer.close()
+            up_writer.close()
+
+
+async def test_a_writer_waits_for_a_refill_so_the_older_snapshot_never_lands_last(
+    make: MakeCredentials,
+    database_url: str,
+    redis_url: str,
+    raw_redis: redis.Redis,
+    db: asyncpg.Connection,
 ) -> None:
+    """The refill's dangerous moment is between its Postgres read and its Redis write: a
+    writer that committed and rewrote Redis then would be overwritten with what the refill
+    read before. So the refill holds the project row, and the writer waits for it."""
+    link = HeldLink(redis_url)
+    await link.start()
+    reader, writer = make(url=link.url), make()
     blocker = await asyncpg.connect(database_url)
-    name = credentials.redis_key(PROJECT)
-    async with blocker.transaction():
-        # Hold the refill inside its Postgres read, after it has found Redis empty.
-        await blocker.execute("LOCK TABLE provider_credentials IN ACCESS EXCLUSIVE MODE")
-        refill = asyncio.create_task(credentials.lookup(PROJECT, "openai"))
-        for _ in range(250):
-            if await blocker.fetchval("SELECT count(*) FROM pg_locks WHERE NOT granted"):
+    try:
+        async with blocker.transaction():
+            # Hold the refill inside its Postgres read, after it has found Redis empty.
+            await blocker.execute("LOCK TABLE provider_credentials IN ACCESS EXCLUSIVE MODE")
+            refill = asyncio.create_task(reader.lookup(PROJECT, "openai"))
+            for _ in range(250):
+                if await blocker.fetchval("SELECT count(*) FROM pg_locks WHERE NOT granted"):
+                    break
+                await asyncio.sleep(0.02)
+            else:
+                pytest.fail("the refill never reached Postgres")
+            link.hold()
+        for _ in range(250):  # the refill has read Postgres; its write to Redis waits
+            if link.held:
                 break
-            await asyncio.sleep(0.02)
-        else:
-            pytest.fail("the refill never reached Postgres")
-        # A writer's rewrite lands now: the refill's older snapshot must not replace it.
-        sealed = SecretBox(SECRET).seal("sk-from-writer", PROJECT, "openai")
-        await raw_redis.hset(name, mapping={"_": b"", "openai": sealed})
-    await blocker.close()
-    assert await refill == "sk-from-writer"
-    assert await hash_of(raw_redis, credentials, PROJECT) == {b"_": b"", b"openai": sealed}
+            await asyncio.sleep(0.01)
+        put = asyncio.create_task(writer.put(PROJECT, "openai", "sk-from-writer"))
+        await asyncio.sleep(0.2)  # ample time to commit and rewrite Redis, were it free to
+        assert not put.done()
+        link.release()
+        assert await refill is None  # what was committed when it read
+        await put
+    finally:
+        await blocker.close()
+        await link.close()
+    rows = await db.fetch("SELECT provider, ciphertext FROM provider_credentials")
+    in_postgres = {r["provider"].encode(): bytes(r["ciphertext"]) for r in rows}
+    assert await hash_of(raw_redis, writer, PROJECT) == {b"_": b"", **in_postgres}
+    assert await make().lookup(PROJECT, "openai") == "sk-from-writer"
 
 
 async def test_concurrent_writers_leave_redis_equal_to_postgres(
