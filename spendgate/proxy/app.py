@@ -30,7 +30,6 @@ from spendgate.proxy.upstream import Upstreams, create_session
 from spendgate.storage.backends import Backends, open_backends
 from spendgate.storage.credentials import Credentials, SecretBox
 from spendgate.storage.key_directory import KeyDirectory
-from spendgate.storage.redis_client import close_redis, create_redis
 from spendgate.storage.spend import SpendStore
 from spendgate.storage.usage_writer import UsageWriter
 
@@ -91,10 +90,9 @@ def create_app(
                 catalog,
                 cursor_secret(admin_token),
             )
-            listener = create_redis(settings.redis_url, timeout=None)
             directory = KeyDirectory(
                 backends.redis,
-                listener,
+                backends.listeners,
                 backends.records,
                 backends.repo,
                 clock,
@@ -149,7 +147,6 @@ def create_app(
                 await settler.stop()
                 await writer.stop()
                 await session.close()
-                await close_redis(listener)
 
     app.cleanup_ctx.append(resources)
     app.add_subapp(PREFIX, admin_app())

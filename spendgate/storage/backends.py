@@ -12,7 +12,8 @@ from redis.asyncio.client import Redis
 from spendgate.config import Settings
 from spendgate.storage.errors import StorageUnavailable
 from spendgate.storage.postgres import create_pool, migrate
-from spendgate.storage.redis_client import close_redis, create_redis, redis_errors, warm_up
+from spendgate.storage.redis_client import RedisClient, redis_errors, warm_up
+from spendgate.storage.redis_deployment import redis_clients
 from spendgate.storage.redis_keys import KeyRecords
 from spendgate.storage.repository import Repository
 from spendgate.storage.resp import RespClient
@@ -21,8 +22,9 @@ from spendgate.storage.resp import RespClient
 @dataclass(frozen=True, slots=True)
 class Backends:
     pool: asyncpg.Pool
-    redis: Redis
+    redis: RedisClient  # redis-py, on one server, a cluster or Sentinel's master
     requests_redis: RespClient  # the request path's scripts (see resp.py)
+    listeners: tuple[Redis, ...]  # pub/sub of invalidations, tried in turn
     repo: Repository
     records: KeyRecords
     migrations_applied: list[str]
@@ -34,23 +36,22 @@ async def open_backends(settings: Settings) -> AsyncIterator[Backends]:
     if settings.database_url is None or settings.redis_url is None:
         raise ValueError("open_backends needs database_url and redis_url")
     pool = await create_pool(settings.database_url)
-    redis = create_redis(settings.redis_url)
-    requests_redis = RespClient(settings.redis_url)
+    clients = redis_clients(settings)
     try:
         applied = await migrate(pool)
         with suppress(StorageUnavailable):  # Redis down at start: requests answer 503
-            await warm_up(redis)
+            await warm_up(clients.redis)
             async with redis_errors():
-                await requests_redis.connect()
+                await clients.requests.connect()
         yield Backends(
             pool=pool,
-            redis=redis,
-            requests_redis=requests_redis,
+            redis=clients.redis,
+            requests_redis=clients.requests,
+            listeners=clients.listeners,
             repo=Repository(pool),
-            records=KeyRecords(redis, settings.redis_prefix, settings.buckets),
+            records=KeyRecords(clients.redis, settings.redis_prefix, settings.buckets),
             migrations_applied=applied,
         )
     finally:
-        await requests_redis.aclose()
-        await close_redis(redis)
+        await clients.aclose()
         await pool.close()

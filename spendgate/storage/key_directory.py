@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import orjson
 from redis.asyncio.client import Redis
@@ -22,7 +22,7 @@ from spendgate.enforcement.iam import parse_rules
 from spendgate.enforcement.keys import ApiKey, Clock, KeyUsage, Principal
 from spendgate.enforcement.windows import Window, from_epoch_ms
 from spendgate.storage.errors import StorageUnavailable
-from spendgate.storage.redis_client import redis_errors
+from spendgate.storage.redis_client import RedisClient, redis_errors
 from spendgate.storage.redis_keys import KeyRecords
 from spendgate.storage.repository import Repository
 
@@ -36,8 +36,8 @@ _FIELDS = ("status", "project", "r_every", "r_unit", "anchor", "used", "rules")
 class KeyDirectory:
     def __init__(
         self,
-        redis: Redis,
-        listener: Redis,
+        redis: RedisClient,
+        listeners: Sequence[Redis],
         records: KeyRecords,
         repo: Repository,
         clock: Clock,
@@ -46,7 +46,9 @@ class KeyDirectory:
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._redis = redis
-        self._listener = listener  # a connection without the hot path's short timeouts
+        # Connections without the hot path's short timeouts, tried in turn: on a cluster,
+        # a client per seed node (PUBLISH reaches every node); else just one.
+        self._listeners = list(listeners)
         self._records = records
         self._repo = repo
         self._clock = clock
@@ -134,14 +136,18 @@ class KeyDirectory:
         others: Mapping[str, Callable[[str], None]] | None = None,
     ) -> None:
         """Drop cached keys as invalidation messages arrive; runs until cancelled. After a
-        lost connection the whole cache is dropped (messages may have been missed).
-        `others` routes messages "<kind>:<id>" (e.g. "byok:<project id>") to other caches."""
+        lost connection the whole cache is dropped (messages may have been missed), and
+        the next listener is tried. `others` routes messages "<kind>:<id>" (e.g.
+        "byok:<project id>") to other caches."""
         routes = dict(others or {})
         delay = 0.1
+        attempt = 0
         while True:
+            listener = self._listeners[attempt % len(self._listeners)]
+            attempt += 1
             try:
                 async with redis_errors():
-                    pubsub = self._listener.pubsub(ignore_subscribe_messages=True)
+                    pubsub = listener.pubsub(ignore_subscribe_messages=True)
                     await pubsub.subscribe(self._records.invalidation_channel)
                     self.clear()
                     if ready is not None:
