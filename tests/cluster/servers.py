@@ -21,10 +21,19 @@ START_TIMEOUT = 20.0
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct ports nothing listens on now (all bound at once, then released)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 def wait_for(check: Callable[[], bool], what: str, timeout: float = START_TIMEOUT) -> None:
@@ -36,7 +45,9 @@ def wait_for(check: Callable[[], bool], what: str, timeout: float = START_TIMEOU
 
 
 class Server:
-    """One redis-server (or Sentinel) process with its own directory."""
+    """One redis-server (or Sentinel) process with its own directory, on a free port (and
+    with `cluster=True`, a cluster node with a free bus port: port + 10000, Redis's
+    default, may be taken). A port taken between its choice and the bind is chosen again."""
 
     def __init__(
         self,
@@ -44,32 +55,46 @@ class Server:
         *options: str,
         sentinel_conf: str | None = None,
         password: str | None = None,
+        cluster: bool = False,
     ) -> None:
         directory.mkdir(parents=True)
         self.directory = directory
-        self.port = free_port()
-        self.bus_port = 0
         command = ["redis-server"]
         if sentinel_conf is not None:
             # Sentinel rewrites its configuration file: it must be one of its own.
             conf = directory / "sentinel.conf"
             conf.write_text(sentinel_conf)
             command += [str(conf), "--sentinel"]
-        command += [
-            "--port", str(self.port),
-            "--bind", "127.0.0.1",
-            "--dir", str(directory),
-            "--save", "",
-            "--appendonly", "no",
-            "--repl-diskless-sync-delay", "0",  # a replica syncs at once
-            "--daemonize", "no",
-            "--loglevel", "warning",
-            "--logfile", str(directory / "redis.log"),
-            *options,
-        ]  # fmt: skip
-        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
-        self.client = redis.Redis(port=self.port, password=password, socket_timeout=2.0)
-        wait_for(self._answers, f"redis-server on port {self.port}")
+        for attempt in range(3):
+            (directory / "redis.log").unlink(missing_ok=True)
+            self.port, self.bus_port = free_ports(2)
+            ports = ["--port", str(self.port)]
+            if cluster:
+                ports += ["--cluster-enabled", "yes", "--cluster-port", str(self.bus_port)]
+            self.process = subprocess.Popen(
+                [
+                    *command,
+                    *ports,
+                    "--bind", "127.0.0.1",
+                    "--dir", str(directory),
+                    "--save", "",
+                    "--appendonly", "no",
+                    "--repl-diskless-sync-delay", "0",  # a replica syncs at once
+                    "--daemonize", "no",
+                    "--loglevel", "warning",
+                    "--logfile", str(directory / "redis.log"),
+                    *options,
+                ],
+                stdout=subprocess.DEVNULL,
+            )  # fmt: skip
+            self.client = redis.Redis(port=self.port, password=password, socket_timeout=2.0)
+            try:
+                wait_for(self._answers, f"redis-server on port {self.port}")
+                return
+            except RuntimeError as exc:
+                self.client.close()
+                if "Address already in use" not in str(exc) or attempt == 2:
+                    raise
 
     def command(self, *args: str | int | bytes) -> Any:
         return self.client.execute_command(*args)  # type: ignore[no-untyped-call]
@@ -133,17 +158,13 @@ class Cluster:
             raise
 
     def _start(self, name: str) -> Server:
-        bus_port = free_port()  # port + 10000, Redis's default, may not be free
-        node = Server(
+        return Server(
             self._directory / name,
-            "--cluster-enabled", "yes",
             "--cluster-config-file", "nodes.conf",
-            "--cluster-port", str(bus_port),
             "--cluster-node-timeout", self._node_timeout,
             "--cluster-replica-validity-factor", "0",  # any replica may take over
+            cluster=True,
         )  # fmt: skip
-        node.bus_port = bus_port
-        return node
 
     def _add_replica(self, master: Server, name: str) -> None:
         replica = self._start(name)
@@ -155,6 +176,13 @@ class Cluster:
         wait_for(
             lambda: replica.client.info("replication").get("master_link_status") == "up",
             "the replica to sync",
+        )
+        # Every master must know it as the replica of `master`, or they would ignore its
+        # request for votes when `master` fails.
+        replica_id = replica.command("CLUSTER", "MYID")
+        wait_for(
+            lambda: all(_knows_replica(node, replica_id, master_id) for node in self.nodes),
+            "every node to know the replica",
         )
         wait_for(self.is_ok, "cluster_state:ok with the replica")
 
@@ -295,6 +323,7 @@ class SentinelDeployment:
         """Promote the replica; returns (old master, new master) once the old master
         follows the new one."""
         old, new = self.master, self.replica
+        wait_for(lambda: _caught_up(new, old), "the replica to have every write")
         wait_for(self._replica_ready, "Sentinel to see a replica it could promote")
         self.sentinel.command("SENTINEL", "FAILOVER", self.NAME)
         wait_for(lambda: self.master is new, "Sentinel to name the new master")
@@ -305,6 +334,21 @@ class SentinelDeployment:
     def stop(self) -> None:
         for server in self.servers:
             server.stop()
+
+
+def _knows_replica(node: Server, replica_id: bytes, master_id: bytes) -> bool:
+    """`node`'s CLUSTER NODES lists `replica_id` as a replica of `master_id`."""
+    for line in node.command("CLUSTER", "NODES").splitlines():
+        fields = line.split()
+        if fields[0] == replica_id and fields[3] == master_id:
+            return b"slave" in fields[2].split(b",")
+    return False
+
+
+def _caught_up(replica: Server, master: Server) -> bool:
+    """The replica has processed all the master has written (as of now)."""
+    offset = int(master.client.info("replication")["master_repl_offset"])
+    return int(replica.client.info("replication")["master_repl_offset"]) >= offset
 
 
 def _link_up(replica: Server) -> bool:

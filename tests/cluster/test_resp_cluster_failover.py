@@ -38,7 +38,8 @@ async def test_a_dead_masters_slots_are_found_on_its_replica_once_it_took_over(
     try:
         for key in [*keys, elsewhere]:
             await client.execute("SET", key, key, key=key)
-        assert master.command("WAIT", 1, 2000) == 1  # the replica has them
+        # The replica has them: WAIT on the connection that wrote them.
+        assert await client.execute("WAIT", 1, 2000, key=keys[0]) == 1
         cluster.kill(master)
 
         # Until the replica takes over, the dead master's keys are unavailable, at once;
