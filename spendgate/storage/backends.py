@@ -16,14 +16,14 @@ from spendgate.storage.redis_client import RedisClient, redis_errors, warm_up
 from spendgate.storage.redis_deployment import redis_clients
 from spendgate.storage.redis_keys import KeyRecords
 from spendgate.storage.repository import Repository
-from spendgate.storage.resp import RespClient
+from spendgate.storage.resp import RedisCommands
 
 
 @dataclass(frozen=True, slots=True)
 class Backends:
     pool: asyncpg.Pool
     redis: RedisClient  # redis-py, on one server, a cluster or Sentinel's master
-    requests_redis: RespClient  # the request path's scripts (see resp.py)
+    requests_redis: RedisCommands  # the request path's scripts (see resp.py)
     listeners: tuple[Redis, ...]  # pub/sub of invalidations, tried in turn
     repo: Repository
     records: KeyRecords

@@ -31,7 +31,7 @@ from spendgate.storage.redis_client import (
     create_sentinel,
     create_sentinel_master,
 )
-from spendgate.storage.resp import RespClient
+from spendgate.storage.resp import RedisCommands, RespClient
 from spendgate.storage.resp_cluster import ClusterRespClient
 from spendgate.storage.resp_sentinel import SentinelRespClient
 
@@ -39,7 +39,7 @@ from spendgate.storage.resp_sentinel import SentinelRespClient
 @dataclass(frozen=True, slots=True)
 class RedisClients:
     redis: RedisClient
-    requests: RespClient
+    requests: RedisCommands
     listeners: tuple[Redis, ...]  # tried in turn, one subscription at a time
     sentinel: Sentinel | None = None
 

@@ -23,8 +23,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import ssl
+from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -163,8 +164,45 @@ class _Connection(asyncio.Protocol):
             self._transport.abort()
 
 
-class RespClient:
-    """A client for `url` (redis://, rediss:// or unix://, with user, password and db)."""
+class RedisCommands(ABC):
+    """What the request path and the usage writer need of Redis, whatever the deployment:
+    RespClient (one server), ClusterRespClient (resp_cluster.py), SentinelRespClient
+    (resp_sentinel.py)."""
+
+    @abstractmethod
+    async def execute(self, *args: Arg, key: str | None = None) -> Any:
+        """Run one command; `key` names the key it works on (None: it works on none)."""
+
+    @abstractmethod
+    async def pipeline(self, commands: Sequence[Command]) -> list[Any]:
+        """Run commands in one round trip; each reply in order, a ReplyError for a command
+        Redis refused. Not a transaction: each command runs on its own."""
+
+    @abstractmethod
+    async def connect(self) -> None:
+        """Connect now rather than on the first command."""
+
+    @abstractmethod
+    async def aclose(self) -> None: ...
+
+    async def run(self, script: Script, keys: Sequence[str], args: Sequence[Arg]) -> Any:
+        """EVALSHA, or EVAL once when the server does not have the script yet."""
+        key = keys[0] if keys else None
+        try:
+            return await self.execute("EVALSHA", script.sha, len(keys), *keys, *args, key=key)
+        except ReplyError as exc:
+            if not str(exc).startswith("NOSCRIPT"):
+                raise
+        return await self.execute("EVAL", script.source, len(keys), *keys, *args, key=key)
+
+
+# Where to connect, asked at every (re)connect: (host, port), or ConnectionError.
+AddressLookup = Callable[[], Awaitable[tuple[str, int]]]
+
+
+class RespClient(RedisCommands):
+    """A client for `url` (redis://, rediss:// or unix://, with user, password and db).
+    With `address`, the host and port come from it at every (re)connect instead."""
 
     def __init__(
         self,
@@ -172,8 +210,10 @@ class RespClient:
         *,
         connect_timeout: float = CONNECT_TIMEOUT,
         reply_timeout: float = REPLY_TIMEOUT,
+        address: AddressLookup | None = None,
     ) -> None:
         options = parse_url(url)
+        self._address = address
         self._host: str = options.get("host", "localhost")
         self._port: int = options.get("port", 6379)
         self._path: str | None = options.get("path")
@@ -208,8 +248,6 @@ class RespClient:
             return await connection.send(packed)
 
     async def pipeline(self, commands: Sequence[Command]) -> list[Any]:
-        """Run commands in one round trip; each reply in order, a ReplyError for a command
-        Redis refused. Not a transaction: each command runs on its own."""
         connection = await self._connect()
         futures = [connection.send(_pack(tuple(args))) for _, args in commands]
         replies = await asyncio.gather(*futures, return_exceptions=True)
@@ -218,21 +256,7 @@ class RespClient:
                 raise reply
         return replies
 
-    async def run(self, script: Script, keys: Sequence[str], args: Sequence[Arg]) -> Any:
-        """EVALSHA, or EVAL once when this server does not have the script yet."""
-        try:
-            return await self.execute(
-                "EVALSHA", script.sha, len(keys), *keys, *args, key=keys[0] if keys else None
-            )
-        except ReplyError as exc:
-            if not str(exc).startswith("NOSCRIPT"):
-                raise
-        return await self.execute(
-            "EVAL", script.source, len(keys), *keys, *args, key=keys[0] if keys else None
-        )
-
     async def connect(self) -> None:
-        """Connect now rather than on the first command."""
         await self._connect()
 
     async def aclose(self) -> None:
@@ -260,6 +284,8 @@ class RespClient:
         def protocol() -> _Connection:
             return _Connection(loop, self._reply_timeout)
 
+        if self._address is not None:
+            self._host, self._port = await self._address()
         try:
             async with asyncio.timeout(self._connect_timeout):
                 if self._path is not None:

@@ -17,7 +17,7 @@ pipeline's tuples), so it is routed without a redirection. When the cluster move
   lost Redis.
 
 A command follows at most MAX_TRIES hops. Pipelines are split by node, sent to every node at
-once, and their replies put back in the caller's order. Scripts: `run()` (RespClient's)
+once, and their replies put back in the caller's order. Scripts: `run()` (RedisCommands')
 sends EVALSHA to the key's node and EVAL when that node does not have the script yet.
 """
 
@@ -36,6 +36,7 @@ from spendgate.storage.resp import (
     REPLY_TIMEOUT,
     Arg,
     Command,
+    RedisCommands,
     ReplyError,
     RespClient,
 )
@@ -57,13 +58,10 @@ class ClusterUnavailable(ConnectionError):
     slot still moving after MAX_TRIES hops, or no node answering."""
 
 
-class ClusterRespClient(RespClient):
-    """RespClient's interface on a Redis Cluster reached through the seed `urls` (user,
-    password and TLS of the first URL are every node's).
-
-    It subclasses RespClient so that the code written against one (SpendStore, the usage
-    writer) takes it, but holds no connection of its own: each master's commands go
-    through a RespClient of that master."""
+class ClusterRespClient(RedisCommands):
+    """The request path's commands on a Redis Cluster reached through the seed `urls`
+    (user, password and TLS of the first URL are every node's). It holds no connection of
+    its own: each master's commands go through a RespClient of that master."""
 
     def __init__(
         self,
@@ -88,7 +86,7 @@ class ClusterRespClient(RespClient):
         self._refresh_timer: asyncio.TimerHandle | None = None
         self._failure: str | None = None  # why the last map read failed, if it did
 
-    # -- RespClient's interface -----------------------------------------------------------
+    # -- RedisCommands -----------------------------------------------------------
 
     async def execute(self, *args: Arg, key: str | None = None) -> Any:
         """Run one command on the master of `key`'s slot (any master when None)."""

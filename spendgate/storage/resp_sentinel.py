@@ -9,7 +9,7 @@ connection and the command is sent once more, to the master Sentinel names then.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -17,15 +17,12 @@ from redis.exceptions import RedisError
 from spendgate.storage.resp import (
     CONNECT_TIMEOUT,
     REPLY_TIMEOUT,
+    AddressLookup,
     Arg,
     Command,
     ReplyError,
     RespClient,
-    _Connection,
 )
-
-# Asks Sentinel for the current master: (host, port), or raises.
-MasterAddress = Callable[[], Awaitable[tuple[str, int]]]
 
 
 class SentinelRespClient(RespClient):
@@ -35,13 +32,20 @@ class SentinelRespClient(RespClient):
     def __init__(
         self,
         url: str,
-        master: MasterAddress,
+        master: AddressLookup,
         *,
         connect_timeout: float = CONNECT_TIMEOUT,
         reply_timeout: float = REPLY_TIMEOUT,
     ) -> None:
-        super().__init__(url, connect_timeout=connect_timeout, reply_timeout=reply_timeout)
-        self._master = master
+        async def address() -> tuple[str, int]:
+            try:
+                return await master()
+            except (RedisError, OSError) as exc:
+                raise ConnectionError(f"sentinel named no master: {exc}") from exc
+
+        super().__init__(
+            url, connect_timeout=connect_timeout, reply_timeout=reply_timeout, address=address
+        )
 
     async def execute(self, *args: Arg, key: str | None = None) -> Any:
         try:
@@ -58,13 +62,6 @@ class SentinelRespClient(RespClient):
             return replies
         await self.aclose()
         return await super().pipeline(commands)
-
-    async def _open(self) -> _Connection:
-        try:
-            self._host, self._port = await self._master()
-        except (RedisError, OSError) as exc:
-            raise ConnectionError(f"sentinel named no master: {exc}") from exc
-        return await super()._open()
 
 
 def _demoted(reply: object) -> bool:

@@ -20,7 +20,7 @@ from spendgate.enforcement.usage import UsageEvent
 from spendgate.enforcement.windows import from_epoch_ms, to_epoch_ms
 from spendgate.storage.errors import RecordMissing, RecordStale
 from spendgate.storage.redis_client import lua_source, redis_errors
-from spendgate.storage.resp import RespClient, Script
+from spendgate.storage.resp import RedisCommands, Script
 
 RESERVATION_TTL = timedelta(minutes=10)
 
@@ -47,7 +47,7 @@ class AdmissionRequest:
 class SpendStore:
     def __init__(
         self,
-        client: RespClient,
+        client: RedisCommands,
         prefix: str,
         buckets: int,
         reservation_ttl: timedelta = RESERVATION_TTL,

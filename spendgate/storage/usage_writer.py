@@ -36,7 +36,7 @@ import asyncpg
 from spendgate.storage.errors import StorageUnavailable
 from spendgate.storage.postgres import postgres_errors
 from spendgate.storage.redis_client import redis_errors
-from spendgate.storage.resp import Command, ReplyError, RespClient
+from spendgate.storage.resp import Command, RedisCommands, ReplyError
 from spendgate.storage.usage_events import (
     MalformedEvent,
     UsageEvent,
@@ -120,7 +120,7 @@ class UsageWriter:
 
     def __init__(
         self,
-        redis: RespClient,
+        redis: RedisCommands,
         pool: asyncpg.Pool,
         *,
         prefix: str,
