@@ -461,6 +461,11 @@ async def test_a_malformed_event_is_dropped_without_blocking_the_next(
         event("bad_6", model="mock/\x00secret"),
         {**event("bad_7"), "provider": b"\xff\xfe"},
         event("bad_8", prompt_tokens=2**31),
+        # What int() takes but is not a plain integer.
+        event("bad_9", duration_ms=" 12"),
+        event("bad_10", status="+200"),
+        event("bad_11", completion_tokens="1_0"),
+        event("bad_12", cost="-"),
     ]
     writer = make_writer(pool)
     await writer.ensure_groups()
