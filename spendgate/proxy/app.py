@@ -101,7 +101,7 @@ def create_app(
             spend = SpendStore(backends.requests_redis, settings.redis_prefix, settings.buckets)
             settler = Settler(spend)
             writer = UsageWriter(
-                backends.requests_redis,
+                backends.ledger_redis,
                 backends.pool,
                 prefix=settings.redis_prefix,
                 buckets=settings.buckets,

@@ -24,6 +24,7 @@ class Backends:
     pool: asyncpg.Pool
     redis: RedisClient  # redis-py, on one server, a cluster or Sentinel's master
     requests_redis: RedisCommands  # the request path's scripts (see resp.py)
+    ledger_redis: RedisCommands  # the usage writer's streams, on a connection of their own
     listeners: tuple[Redis, ...]  # pub/sub of invalidations, tried in turn
     repo: Repository
     records: KeyRecords
@@ -43,10 +44,12 @@ async def open_backends(settings: Settings) -> AsyncIterator[Backends]:
             await warm_up(clients.redis)
             async with redis_errors():
                 await clients.requests.connect()
+                await clients.ledger.connect()
         yield Backends(
             pool=pool,
             redis=clients.redis,
             requests_redis=clients.requests,
+            ledger_redis=clients.ledger,
             listeners=clients.listeners,
             repo=Repository(pool),
             records=KeyRecords(clients.redis, settings.redis_prefix, settings.buckets),

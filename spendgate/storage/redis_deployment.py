@@ -5,8 +5,8 @@
 | `redis` (redis-py): admin writes, key | Redis      | RedisCluster      | Redis on the       |
 | lookups, BYOK cache, readyz           |            |                   | master Sentinel    |
 |                                       |            |                   | names              |
-| `requests`: admission, settle, the    | RespClient | ClusterRespClient | SentinelRespClient |
-| ledger's streams                      |            |                   |                    |
+| `requests`: admission, settle        | RespClient | ClusterRespClient | SentinelRespClient |
+| `ledger`: the usage writer's streams  | RespClient | ClusterRespClient | SentinelRespClient |
 | `listeners`: pub/sub of invalidations | Redis      | a Redis per seed  | Redis on the       |
 | (no reply timeout)                    |            | node              | master             |
 
@@ -40,11 +40,13 @@ from spendgate.storage.resp_sentinel import SentinelRespClient
 class RedisClients:
     redis: RedisClient
     requests: RedisCommands
+    ledger: RedisCommands  # the usage writer's: its batches never queue ahead of requests
     listeners: tuple[Redis, ...]  # tried in turn, one subscription at a time
     sentinel: Sentinel | None = None
 
     async def aclose(self) -> None:
         await self.requests.aclose()
+        await self.ledger.aclose()
         for client in (self.redis, *self.listeners):
             await close_redis(client)
         if self.sentinel is not None:
@@ -60,6 +62,7 @@ def redis_clients(settings: Settings) -> RedisClients:
         return RedisClients(
             redis=create_cluster(urls),
             requests=ClusterRespClient(urls),
+            ledger=ClusterRespClient(urls),
             listeners=tuple(create_redis(url, timeout=None) for url in urls),
         )
     if settings.redis_mode == "sentinel":
@@ -69,12 +72,14 @@ def redis_clients(settings: Settings) -> RedisClients:
         return RedisClients(
             redis=create_sentinel_master(sentinel, name, urls[0]),
             requests=SentinelRespClient(urls[0], _master_of(sentinel, name)),
+            ledger=SentinelRespClient(urls[0], _master_of(sentinel, name)),
             listeners=(create_sentinel_master(sentinel, name, urls[0], timeout=None),),
             sentinel=sentinel,
         )
     return RedisClients(
         redis=create_redis(urls[0]),
         requests=RespClient(urls[0]),
+        ledger=RespClient(urls[0]),
         listeners=(create_redis(urls[0], timeout=None),),
     )
 
