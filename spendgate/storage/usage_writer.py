@@ -29,7 +29,7 @@ import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import asyncpg
 
@@ -85,11 +85,12 @@ FROM locked WHERE k.id = locked.id
 """
 
 
-@dataclass(frozen=True, slots=True)
-class _Entry:
+class _Entry(NamedTuple):
     bucket: int
     id: bytes
-    fields: dict[bytes, bytes]
+    # [field, value, ...] as Redis sent them; nil for an entry deleted from the stream while
+    # it was pending. Made a dict only where it is parsed, a slice of the batch at a time.
+    fields: list[bytes] | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,14 +105,8 @@ def _is_nogroup(reply: object) -> bool:
 
 
 def _entries(bucket: int, found: list[list[Any]]) -> list[_Entry]:
-    """Stream entries as Redis sends them, `[id, [field, value, ...]]`; the fields are nil
-    for an entry deleted from the stream while it was pending."""
-    entries = []
-    for id_, flat in found:
-        if id_ is not None:
-            fields = dict(zip(flat[::2], flat[1::2], strict=True)) if flat else {}
-            entries.append(_Entry(bucket, id_, fields))
-    return entries
+    """Stream entries as Redis sends them, `[id, [field, value, ...]]`."""
+    return [_Entry(bucket, id_, flat) for id_, flat in found if id_ is not None]
 
 
 class UsageWriter:
@@ -288,11 +283,12 @@ class UsageWriter:
         for index, entry in enumerate(entries):
             if index % PARSE_SLICE == PARSE_SLICE - 1:
                 await asyncio.sleep(0)  # let requests run: a batch can be thousands
-            if not entry.fields:  # deleted from the stream while pending
+            flat = entry.fields
+            if not flat:  # deleted from the stream while pending
                 dropped.append(entry)
                 continue
             try:
-                event = parse_event(entry.fields)
+                event = parse_event(dict(zip(flat[::2], flat[1::2], strict=True)))
             except MalformedEvent as exc:
                 log.error(
                     "usage writer: dropping malformed event %s of bucket %d: %s",
