@@ -2,10 +2,9 @@
 
 The settle script appends one event per request to the stream of the key's bucket,
 `<prefix>:{b<N>}:usage`. Every process runs one UsageWriter, a consumer of the group
-"ledger" on every bucket's stream. A round reads each bucket (one XREADGROUP per bucket,
-all of them in one pipeline: one round trip, and no command spans two cluster slots),
-inserts the events in one transaction, and only after COMMIT acknowledges and deletes them
-(XACK + XDEL; never MAXLEN trimming, which could drop unacknowledged events).
+"ledger" on every bucket's stream (usage_streams.py reads and acknowledges). A round
+fetches what the streams hold, inserts the events in one transaction, and only after
+COMMIT acknowledges and deletes them.
 
 Guarantees. Delivery is at least once: an event leaves Redis only after the transaction
 that wrote it has committed. Whatever fails in between (Postgres or Redis down, the
@@ -26,33 +25,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final, NamedTuple
+from typing import Any, Final
 
 import asyncpg
 
 from spendgate.storage.errors import StorageUnavailable
 from spendgate.storage.postgres import postgres_errors
-from spendgate.storage.redis_client import redis_errors
-from spendgate.storage.resp import Command, RedisCommands, ReplyError
-from spendgate.storage.usage_events import (
-    MalformedEvent,
-    UsageEvent,
-    parse_event,
-    usage_stream_key,
-)
+from spendgate.storage.resp import RedisCommands
+from spendgate.storage.usage_events import MalformedEvent, UsageEvent, parse_event
+from spendgate.storage.usage_streams import StreamEntry, UsageStreams
 
 log = logging.getLogger(__name__)
 
-GROUP: Final = "ledger"
 BACKOFF_MIN: Final = 0.1
 BACKOFF_MAX: Final = 2.0
-# Stale entries of dead consumers are looked for this often at most.
-RECLAIM_EVERY_MAX: Final = 5.0
-
-_DONE_CURSOR = b"0-0"
 # Events parsed between two yields to the event loop (~6 µs each): a round's work must
 # not hold up the requests in flight for more than a fraction of a millisecond at a time.
 PARSE_SLICE = 64
@@ -85,28 +74,11 @@ FROM locked WHERE k.id = locked.id
 """
 
 
-class _Entry(NamedTuple):
-    bucket: int
-    id: bytes
-    # [field, value, ...] as Redis sent them; nil for an entry deleted from the stream while
-    # it was pending. Made a dict only where it is parsed, a slice of the batch at a time.
-    fields: list[bytes] | None
-
-
 @dataclass(frozen=True, slots=True)
 class _Round:
     received: int  # entries that came back from Redis, whatever became of them
     inserted: int  # rows new to the table
     more: bool  # a full batch, or an unfinished scan: go again at once
-
-
-def _is_nogroup(reply: object) -> bool:
-    return isinstance(reply, ReplyError) and str(reply).startswith("NOGROUP")
-
-
-def _entries(bucket: int, found: list[list[Any]]) -> list[_Entry]:
-    """Stream entries as Redis sends them, `[id, [field, value, ...]]`."""
-    return [_Entry(bucket, id_, flat) for id_, flat in found if id_ is not None]
 
 
 class UsageWriter:
@@ -128,22 +100,18 @@ class UsageWriter:
         batch_size: int = 500,
         claim_idle_ms: int = 30_000,
     ) -> None:
-        self._redis = redis
+        self._streams = UsageStreams(
+            redis,
+            prefix=prefix,
+            buckets=buckets,
+            consumer=consumer,
+            batch_size=batch_size,
+            claim_idle_ms=claim_idle_ms,
+        )
         self._pool = pool
-        self._streams = [usage_stream_key(prefix, bucket) for bucket in range(buckets)]
-        self._consumer = consumer
         self._flush_interval = flush_interval
-        self._batch_size = batch_size
-        self._claim_idle_ms = claim_idle_ms
-        self._reclaim_every = min(RECLAIM_EVERY_MAX, claim_idle_ms / 2000)
-        self._next_reclaim = float("-inf")
-        self._claim_cursors: dict[int, bytes] = {}
-        # Buckets whose entries pending for this consumer are read again (id "0"), next to
-        # new ones: all at start (a restart under the same name), all after a read failed.
-        self._history: set[int] = set(range(buckets))
         # The entries of a batch whose write failed, retried before anything is read.
-        self._unwritten: list[_Entry] = []
-        self._broken: set[int] = set()
+        self._unwritten: list[StreamEntry] = []
         self._lock = asyncio.Lock()
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -162,7 +130,8 @@ class UsageWriter:
         except StorageUnavailable:
             log.warning("usage writer: redis unavailable at start, will retry")
         self._stopping.clear()
-        self._task = asyncio.create_task(self._run(), name=f"usage-writer:{self._consumer}")
+        name = f"usage-writer:{self._streams.consumer}"
+        self._task = asyncio.create_task(self._run(), name=name)
 
     async def stop(self, drain_timeout: float = 10.0) -> None:
         """Write what is readable now, then end the task. Whatever is not written by then
@@ -181,18 +150,10 @@ class UsageWriter:
             log.error("usage writer task failed", exc_info=task.exception())
 
     async def ensure_groups(self) -> None:
-        """Create the group on every bucket's stream if missing. From id 0, with MKSTREAM:
-        events appended before the group existed are read too."""
-        await self._create_groups(range(len(self._streams)))
+        await self._streams.ensure_groups()
 
     async def backlog(self) -> int:
-        """Events in the streams not yet written: written ones are deleted, so this is
-        the sum of the streams' lengths."""
-        async with redis_errors():
-            lengths = await self._redis.pipeline(
-                [(stream, ("XLEN", stream)) for stream in self._streams]
-            )
-        return sum(int(length) for length in lengths)
+        return await self._streams.backlog()
 
     async def run_once(self) -> int:
         """One round: reclaim stale entries (when due), read every bucket, insert, ack.
@@ -247,39 +208,18 @@ class UsageWriter:
             entries = self._unwritten
             inserted = await self._write(entries)
             return _Round(received=len(entries), inserted=inserted, more=True)
-        try:
-            entries, more, history_done = await self._fetch()
-        except BaseException:
-            # A reply lost on the way may have delivered entries to this consumer.
-            self._history.update(range(len(self._streams)))
-            raise
-        self._history.difference_update(history_done)
+        entries, more = await self._streams.fetch()
         if not entries:
             return _Round(received=0, inserted=0, more=more)
         inserted = await self._write(entries)
         return _Round(received=len(entries), inserted=inserted, more=more)
 
-    async def _fetch(self) -> tuple[list[_Entry], bool, set[int]]:
-        """Stale entries claimed (when a reclaim is due) and every bucket's reads, without
-        duplicates; whether to go again at once; the history buckets read to the end."""
-        entries: dict[tuple[int, bytes], _Entry] = {}
-        more = False
-        now = asyncio.get_running_loop().time()
-        if now >= self._next_reclaim:
-            claimed, unfinished = await self._reclaim()
-            entries.update(((e.bucket, e.id), e) for e in claimed)
-            more |= unfinished
-            self._next_reclaim = now if unfinished else now + self._reclaim_every
-        read, full, history_done = await self._read()
-        entries.update(((e.bucket, e.id), e) for e in read)
-        return list(entries.values()), more or full, history_done
-
-    async def _write(self, entries: list[_Entry]) -> int:
+    async def _write(self, entries: list[StreamEntry]) -> int:
         """Insert the entries' rows, then ack and delete them. What is not acknowledged
         when this fails stays in `_unwritten`, for the next round to retry."""
         rows: dict[tuple[str, datetime], UsageEvent] = {}
-        written: list[_Entry] = []
-        dropped: list[_Entry] = []
+        written: list[StreamEntry] = []
+        dropped: list[StreamEntry] = []
         for index, entry in enumerate(entries):
             if index % PARSE_SLICE == PARSE_SLICE - 1:
                 await asyncio.sleep(0)  # let requests run: a batch can be thousands
@@ -302,11 +242,11 @@ class UsageWriter:
             written.append(entry)
         self._unwritten = entries
         if dropped:  # first, so that a Postgres outage cannot bring them back to the log
-            await self._ack(dropped)
+            await self._streams.ack(dropped)
             self._unwritten = written
         inserted = await self._insert(sorted(rows.values(), key=_row_order)) if rows else 0
         if written:
-            await self._ack(written)
+            await self._streams.ack(written)
         self._unwritten = []
         return inserted
 
@@ -320,110 +260,6 @@ class UsageWriter:
             await conn.execute(_TOUCH_KEYS, columns[2], columns[1])
         self.writes_ok += 1
         return int(status.rsplit(" ", 1)[1])  # "INSERT 0 <rows>"
-
-    async def _ack(self, entries: Iterable[_Entry]) -> None:
-        by_bucket: dict[int, list[bytes]] = {}
-        for entry in entries:
-            by_bucket.setdefault(entry.bucket, []).append(entry.id)
-        commands: list[Command] = []
-        for bucket, ids in by_bucket.items():
-            stream = self._streams[bucket]
-            commands.append((stream, ("XACK", stream, GROUP, *ids)))
-            commands.append((stream, ("XDEL", stream, *ids)))
-        async with redis_errors():
-            replies = await self._redis.pipeline(commands)
-        errors = [reply for reply in replies if isinstance(reply, Exception)]
-        if errors:
-            raise errors[0]
-
-    # -- reading -----------------------------------------------------------------------
-
-    async def _read(self) -> tuple[list[_Entry], bool, set[int]]:
-        """New entries of every bucket, and first, for buckets in history mode, the ones
-        pending for this consumer. Returns them, whether a read filled its batch, and the
-        history buckets now read to the end."""
-        reads = [(bucket, b"0") for bucket in sorted(self._history)]
-        reads += [(bucket, b">") for bucket in range(len(self._streams))]
-        replies = list(zip(reads, await self._read_buckets(reads), strict=True))
-        missing = sorted({bucket for (bucket, _), reply in replies if _is_nogroup(reply)})
-        if missing:
-            log.warning("usage writer: consumer group missing on buckets %s; recreated", missing)
-            await self._create_groups(missing)
-            again = [(bucket, b">") for bucket in missing]
-            replies = [r for r in replies if r[0][0] not in missing]
-            replies += zip(again, await self._read_buckets(again), strict=True)
-        entries: list[_Entry] = []
-        full = False
-        # A recreated group holds nothing pending for anyone.
-        history_done: set[int] = set(missing)
-        broken: set[int] = set()
-        for (bucket, start), reply in replies:
-            if isinstance(reply, Exception):
-                if bucket not in self._broken and bucket not in broken:
-                    log.error("usage writer: cannot read bucket %d: %s", bucket, reply)
-                broken.add(bucket)
-                continue
-            found = reply[0][1] if reply else []  # [[stream, entries]], or nil: none
-            entries.extend(_entries(bucket, found))
-            if len(found) >= self._batch_size:
-                full = True
-            elif start == b"0":
-                history_done.add(bucket)
-        for bucket in self._broken - broken:
-            log.info("usage writer: bucket %d readable again", bucket)
-        self._broken = broken
-        return entries, full, history_done
-
-    async def _read_buckets(self, reads: list[tuple[int, bytes]]) -> list[Any]:
-        commands: list[Command] = []
-        for bucket, start in reads:
-            stream = self._streams[bucket]
-            read = ("XREADGROUP", "GROUP", GROUP, self._consumer, "COUNT", self._batch_size)
-            commands.append((stream, (*read, "STREAMS", stream, start)))
-        async with redis_errors():
-            return await self._redis.pipeline(commands)
-
-    async def _reclaim(self) -> tuple[list[_Entry], bool]:
-        """Claim entries idle longer than claim_idle_ms from any consumer (one that died)."""
-        buckets = range(len(self._streams))
-        commands: list[Command] = []
-        for bucket in buckets:
-            stream = self._streams[bucket]
-            cursor = self._claim_cursors.get(bucket, _DONE_CURSOR)
-            claim = ("XAUTOCLAIM", stream, GROUP, self._consumer, self._claim_idle_ms, cursor)
-            commands.append((stream, (*claim, "COUNT", self._batch_size)))
-        async with redis_errors():
-            replies = await self._redis.pipeline(commands)
-        entries: list[_Entry] = []
-        unfinished = False
-        for bucket, reply in zip(buckets, replies, strict=True):
-            if isinstance(reply, Exception):
-                # NOGROUP is repaired by the read that follows; others are logged there.
-                self._claim_cursors.pop(bucket, None)
-                continue
-            # [next cursor, [(id, fields)...], [ids deleted from the stream]] (Redis 7+).
-            # The deleted ids are already gone from the pending list: nothing to ack.
-            cursor, claimed = reply[0], reply[1]
-            entries.extend(_entries(bucket, claimed))
-            if cursor == _DONE_CURSOR:
-                self._claim_cursors.pop(bucket, None)
-            else:
-                self._claim_cursors[bucket] = cursor
-                unfinished = True
-        if entries:
-            log.info("usage writer: claimed %d stale pending events", len(entries))
-        return entries, unfinished
-
-    async def _create_groups(self, buckets: Iterable[int]) -> None:
-        commands: list[Command] = [
-            (self._streams[b], ("XGROUP", "CREATE", self._streams[b], GROUP, "0", "MKSTREAM"))
-            for b in buckets
-        ]
-        async with redis_errors():
-            replies = await self._redis.pipeline(commands)
-        for reply in replies:
-            if isinstance(reply, Exception) and not str(reply).startswith("BUSYGROUP"):
-                raise reply
 
 
 def _row_order(event: UsageEvent) -> tuple[str, datetime]:

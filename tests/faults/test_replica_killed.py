@@ -24,7 +24,8 @@ from spendgate.enforcement.money import format_usd
 from spendgate.storage.postgres import create_pool
 from spendgate.storage.resp import RespClient
 from spendgate.storage.spend import RESERVATION_TTL
-from spendgate.storage.usage_writer import GROUP, UsageWriter
+from spendgate.storage.usage_streams import GROUP
+from spendgate.storage.usage_writer import UsageWriter
 from tests.fakes.upstream import FakeUpstream
 from tests.faults.conftest import (
     BUCKETS,

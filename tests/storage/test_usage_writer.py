@@ -21,7 +21,8 @@ from spendgate.storage.errors import StorageUnavailable
 from spendgate.storage.postgres import create_pool, migrate, postgres_errors
 from spendgate.storage.resp import RespClient
 from spendgate.storage.usage_events import usage_stream_key
-from spendgate.storage.usage_writer import GROUP, UsageWriter
+from spendgate.storage.usage_streams import GROUP
+from spendgate.storage.usage_writer import UsageWriter
 from tests.helpers import TcpLink
 
 BUCKETS = 4
