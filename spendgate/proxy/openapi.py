@@ -6,39 +6,14 @@ from functools import cache
 from typing import Any
 
 from spendgate import __version__
-from spendgate.enforcement.keys import NAME_MAX
-from spendgate.enforcement.windows import MAX_EVERY
-from spendgate.proxy.admin_input import MAX_CUSTOM_KEY_LIMIT
+from spendgate.proxy.openapi_schemas import PLAN, SCHEMAS, TIME, ref
 from spendgate.types import JSONObject
-
-MONEY = {
-    "description": "USD as a decimal string or number: at most 9 decimals, not negative",
-    "oneOf": [
-        {"type": "string", "pattern": r"^[0-9]+(\.[0-9]{1,9})?$"},
-        {"type": "number", "minimum": 0},
-    ],
-}
-MONEY_OUT = {"type": "string", "description": "USD, shortest exact decimal", "example": "12.5"}
-NAME = {"type": "string", "minLength": 1, "maxLength": NAME_MAX}
-TIME = {"type": "string", "format": "date-time"}
-NULLABLE_TIME = {"type": ["string", "null"], "format": "date-time"}
-PLAN = {"type": "string", "enum": ["free", "pro", "enterprise"]}
-CUSTOM_LIMIT = {
-    "type": ["integer", "null"],
-    "minimum": 0,
-    "maximum": MAX_CUSTOM_KEY_LIMIT,
-    "description": "enterprise plan only",
-}
-
-
-def _ref(name: str) -> JSONObject:
-    return {"$ref": f"#/components/schemas/{name}"}
 
 
 def _error(description: str) -> JSONObject:
     return {
         "description": description,
-        "content": {"application/json": {"schema": _ref("Error")}},
+        "content": {"application/json": {"schema": ref("Error")}},
     }
 
 
@@ -70,23 +45,6 @@ ERRORS = {
 PID = {"name": "pid", "in": "path", "required": True, "schema": {"type": "string"}}
 KID = {"name": "kid", "in": "path", "required": True, "schema": {"type": "string"}}
 PROVIDER = {"name": "provider", "in": "path", "required": True, "schema": {"type": "string"}}
-PATTERNS = {
-    "type": "array",
-    "minItems": 1,
-    "maxItems": 100,
-    "items": {"type": "string", "minLength": 1, "maxLength": 255},
-}
-PRICING = {
-    "type": "object",
-    "additionalProperties": False,
-    "minProperties": 1,
-    "description": "tier, and ceilings in USD per million tokens",
-    "properties": {
-        "tier": {"type": "string", "enum": ["free", "paid"]},
-        "max_input_per_mtok": MONEY,
-        "max_output_per_mtok": MONEY,
-    },
-}
 RULE_LIST = {"type": "array", "items": {"$ref": "#/components/schemas/Rule"}}
 USAGE_PARAMETERS = [
     {
@@ -114,232 +72,18 @@ USAGE_PARAMETERS = [
         "schema": {"type": "string"},
     },
 ]
-USAGE_TOTALS = {
-    "type": "object",
-    "required": ["requests", "cost"],
-    "properties": {"requests": {"type": "integer"}, "cost": MONEY_OUT},
-}
-
-RECURRING_IN = {
-    "type": ["object", "null"],
-    "additionalProperties": False,
-    "required": ["amount", "every", "unit"],
-    "description": "from 1 hour to 12 months; null removes it",
-    "properties": {
-        "amount": MONEY,
-        "every": {"type": "integer", "minimum": 1, "maximum": max(MAX_EVERY.values())},
-        "unit": {"type": "string", "enum": list(MAX_EVERY)},
-    },
-}
-SCHEMAS: JSONObject = {
-    "Error": {
-        "type": "object",
-        "required": ["error"],
-        "properties": {
-            "error": {
-                "type": "object",
-                "required": ["message", "type", "param", "code"],
-                "properties": {
-                    "message": {"type": "string"},
-                    "type": {"type": "string"},
-                    "param": {"type": ["string", "null"]},
-                    "code": {"type": "string"},
-                },
-            }
-        },
-    },
-    "Project": {
-        "type": "object",
-        "required": ["id", "name", "plan", "key_limit", "key_count", "created_at"],
-        "properties": {
-            "id": {"type": "string"},
-            "name": {"type": "string"},
-            "plan": PLAN,
-            "key_limit": {"type": "integer"},
-            "key_count": {"type": "integer"},
-            "created_at": TIME,
-        },
-    },
-    "NewProject": {
-        "type": "object",
-        "additionalProperties": False,
-        "required": ["name"],
-        "properties": {"name": NAME, "plan": PLAN, "key_limit": CUSTOM_LIMIT},
-    },
-    "ProjectChanges": {
-        "type": "object",
-        "additionalProperties": False,
-        "properties": {"name": NAME, "plan": PLAN, "key_limit": CUSTOM_LIMIT},
-    },
-    "Key": {
-        "type": "object",
-        "required": ["id", "project_id", "name", "preview", "status", "created_at", "usage"],
-        "properties": {
-            "id": {"type": "string"},
-            "project_id": {"type": "string"},
-            "name": {"type": "string"},
-            "preview": {"type": "string", "example": "sgk_AbCd...wxyz"},
-            "status": {"type": "string", "enum": ["active", "inactive"]},
-            "created_at": TIME,
-            "last_used_at": NULLABLE_TIME,
-            "usage": MONEY_OUT,
-            "usage_limit": {"type": ["string", "null"]},
-            "recurring_limit": {
-                "type": ["object", "null"],
-                "properties": {
-                    "amount": MONEY_OUT,
-                    "every": {"type": "integer"},
-                    "unit": {"type": "string"},
-                },
-            },
-            "current_period": {
-                "type": ["object", "null"],
-                "properties": {"usage": MONEY_OUT, "started_at": TIME, "resets_at": TIME},
-            },
-            "iam_rules_count": {"type": "integer"},
-            "iam_rules": {"type": "array", "items": {"type": "object"}},
-        },
-    },
-    "NewRule": {
-        "type": "object",
-        "additionalProperties": False,
-        "required": ["effect"],
-        "properties": {
-            "effect": {"type": "string", "enum": ["allow", "deny"]},
-            "status": {"type": "string", "enum": ["active", "inactive"]},
-            "models": PATTERNS,
-            "providers": PATTERNS,
-            "pricing": PRICING,
-        },
-        "oneOf": [
-            {"required": ["models"]},
-            {"required": ["providers"]},
-            {"required": ["pricing"]},
-        ],
-    },
-    "Rule": {
-        "type": "object",
-        "required": ["id", "effect", "status"],
-        "properties": {
-            "id": {"type": "string"},
-            "effect": {"type": "string"},
-            "status": {"type": "string"},
-            "models": {"type": "array", "items": {"type": "string"}},
-            "providers": {"type": "array", "items": {"type": "string"}},
-            "pricing": {"type": "object"},
-        },
-    },
-    "Credential": {
-        "type": "object",
-        "additionalProperties": False,
-        "required": ["api_key"],
-        "properties": {"api_key": {"type": "string", "minLength": 1, "maxLength": 4096}},
-    },
-    "Credentials": {
-        "type": "object",
-        "properties": {
-            "project_id": {"type": "string"},
-            "provider": {"type": "string"},
-            "byok_providers": {"type": "array", "items": {"type": "string"}},
-        },
-    },
-    "UsageRequest": {
-        "type": "object",
-        "description": "one ledger row",
-        "properties": {
-            "request_id": {"type": "string"},
-            "created_at": TIME,
-            "model": {"type": "string"},
-            "provider": {"type": "string"},
-            "prompt_tokens": {"type": "integer"},
-            "completion_tokens": {"type": "integer"},
-            "cost": MONEY_OUT,
-            "status": {"type": "integer"},
-            "duration_ms": {"type": "integer"},
-            "billing": {"type": "string", "enum": ["credits", "byok"]},
-            "stream": {"type": "boolean"},
-        },
-    },
-    "KeyUsage": {
-        "type": "object",
-        "required": ["requests", "next_cursor", "totals", "by_day", "by_model"],
-        "properties": {
-            "requests": {
-                "type": "array",
-                "description": "newest first",
-                "items": _ref("UsageRequest"),
-            },
-            "next_cursor": {"type": ["string", "null"], "description": "null on the last page"},
-            "totals": {
-                "type": "object",
-                "description": "the whole [since, until) range, whatever the page",
-                "properties": {
-                    "requests": {"type": "integer"},
-                    "cost": MONEY_OUT,
-                    "prompt_tokens": {"type": "integer"},
-                    "completion_tokens": {"type": "integer"},
-                },
-            },
-            "by_day": {
-                "type": "array",
-                "description": "UTC days, ascending",
-                "items": {
-                    "allOf": [
-                        USAGE_TOTALS,
-                        {"properties": {"day": {"type": "string", "format": "date"}}},
-                    ]
-                },
-            },
-            "by_model": {
-                "type": "array",
-                "description": "by cost descending, then model",
-                "items": {"allOf": [USAGE_TOTALS, {"properties": {"model": {"type": "string"}}}]},
-            },
-        },
-    },
-    "CreatedKey": {
-        "allOf": [
-            _ref("Key"),
-            {
-                "type": "object",
-                "required": ["key"],
-                "properties": {"key": {"type": "string", "description": "shown only once"}},
-            },
-        ]
-    },
-    "NewKey": {
-        "type": "object",
-        "additionalProperties": False,
-        "required": ["name"],
-        "properties": {
-            "name": NAME,
-            "usage_limit": {**MONEY, "oneOf": [*MONEY["oneOf"], {"type": "null"}]},
-            "recurring_limit": RECURRING_IN,
-        },
-    },
-    "KeyChanges": {
-        "type": "object",
-        "additionalProperties": False,
-        "properties": {
-            "name": NAME,
-            "status": {"type": "string", "enum": ["active", "inactive"]},
-            "usage_limit": {**MONEY, "oneOf": [*MONEY["oneOf"], {"type": "null"}]},
-            "recurring_limit": RECURRING_IN,
-        },
-    },
-}
 
 
 @cache
 def openapi_document() -> JSONObject:
     project_list = {
         "type": "object",
-        "properties": {"data": {"type": "array", "items": _ref("Project")}},
+        "properties": {"data": {"type": "array", "items": ref("Project")}},
     }
     key_list = {
         "type": "object",
         "properties": {
-            "data": {"type": "array", "items": _ref("Key")},
+            "data": {"type": "array", "items": ref("Key")},
             "plan": {
                 "type": "object",
                 "properties": {
@@ -358,26 +102,24 @@ def openapi_document() -> JSONObject:
         "paths": {
             "/projects": {
                 "post": _op(
-                    "Create a project", _ok("201", _ref("Project"), "Created"), _ref("NewProject")
+                    "Create a project", _ok("201", ref("Project"), "Created"), ref("NewProject")
                 ),
                 "get": _op("List projects", _ok("200", project_list)),
             },
             "/projects/{pid}": {
                 "parameters": [PID],
-                "get": _op("Get a project", _ok("200", _ref("Project"))),
-                "patch": _op(
-                    "Change a project", _ok("200", _ref("Project")), _ref("ProjectChanges")
-                ),
+                "get": _op("Get a project", _ok("200", ref("Project"))),
+                "patch": _op("Change a project", _ok("200", ref("Project")), ref("ProjectChanges")),
             },
             "/projects/{pid}/keys": {
                 "parameters": [PID],
                 "post": _op(
                     "Create a key; the response alone holds the full token",
                     {
-                        **_ok("201", _ref("CreatedKey"), "Created"),
+                        **_ok("201", ref("CreatedKey"), "Created"),
                         "403": _error("key_limit_reached: the plan allows no more keys"),
                     },
-                    _ref("NewKey"),
+                    ref("NewKey"),
                 ),
                 "get": _op("List a project's keys", _ok("200", key_list)),
             },
@@ -385,8 +127,8 @@ def openapi_document() -> JSONObject:
                 "parameters": [PID, PROVIDER],
                 "put": _op(
                     "Store the project's own credential for a provider (BYOK); never returned",
-                    _ok("200", _ref("Credentials")),
-                    _ref("Credential"),
+                    _ok("200", ref("Credentials")),
+                    ref("Credential"),
                 ),
                 "delete": _op("Remove it", {"204": {"description": "Removed"}}),
             },
@@ -396,7 +138,7 @@ def openapi_document() -> JSONObject:
                 "put": _op(
                     "Replace a key's IAM rules (written without ids; a bad rule changes nothing)",
                     _ok("200", RULE_LIST),
-                    {"type": "array", "maxItems": 100, "items": _ref("NewRule")},
+                    {"type": "array", "maxItems": 100, "items": ref("NewRule")},
                 ),
             },
             "/keys/{kid}/usage": {
@@ -404,17 +146,17 @@ def openapi_document() -> JSONObject:
                 "get": _op(
                     "A key's requests from the ledger, newest first, and its totals by day and"
                     " model over [since, until); a deleted key's usage is not served (404)",
-                    _ok("200", _ref("KeyUsage")),
+                    _ok("200", ref("KeyUsage")),
                     parameters=USAGE_PARAMETERS,
                 ),
             },
             "/keys/{kid}": {
                 "parameters": [KID],
-                "get": _op("Get a key with its IAM rules", _ok("200", _ref("Key"))),
+                "get": _op("Get a key with its IAM rules", _ok("200", ref("Key"))),
                 "patch": _op(
                     "Change a key; null removes a limit; a new recurring limit starts a new period",
-                    _ok("200", _ref("Key")),
-                    _ref("KeyChanges"),
+                    _ok("200", ref("Key")),
+                    ref("KeyChanges"),
                 ),
                 "delete": _op("Delete a key for good", {"204": {"description": "Deleted"}}),
             },
