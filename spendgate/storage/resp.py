@@ -217,7 +217,9 @@ class RespClient(RedisCommands):
         self._host: str = options.get("host", "localhost")
         self._port: int = options.get("port", 6379)
         self._path: str | None = options.get("path")
-        self._tls = options.get("connection_class") is SSLConnection
+        # Made here, at start-up: it reads the system's CA certificates from disk.
+        tls = options.get("connection_class") is SSLConnection
+        self._tls = ssl.create_default_context() if tls else None
         self._setup: list[bytes] = []
         password, username = options.get("password"), options.get("username")
         if password is not None:
@@ -291,9 +293,8 @@ class RespClient(RedisCommands):
                 if self._path is not None:
                     _, connection = await loop.create_unix_connection(protocol, self._path)
                 else:
-                    context = ssl.create_default_context() if self._tls else None
                     _, connection = await loop.create_connection(
-                        protocol, self._host, self._port, ssl=context
+                        protocol, self._host, self._port, ssl=self._tls
                     )
         except TimeoutError:
             raise ConnectionError("redis did not accept a connection in time") from None
