@@ -7,8 +7,8 @@ rejecting only what the table could not store.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 
 from spendgate.enforcement.windows import from_epoch_ms
 
@@ -23,9 +23,9 @@ def usage_stream_key(prefix: str, bucket: int) -> str:
     return f"{prefix}:{{b{bucket}}}:usage"
 
 
-@dataclass(frozen=True, slots=True)
-class UsageEvent:
-    """One ledger row, as parsed from a stream entry."""
+class UsageEvent(NamedTuple):
+    """One ledger row, as parsed from a stream entry, its fields in the table's column
+    order (the ledger writer sends rows as plain tuples)."""
 
     request_id: str
     created_at: datetime
