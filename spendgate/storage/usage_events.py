@@ -50,53 +50,53 @@ class MalformedEvent(ValueError):
         self.field = field
 
 
-def _text(fields: dict[bytes, bytes], name: str) -> str:
-    raw = fields.get(name.encode())
+def _text(fields: dict[bytes, bytes], name: bytes) -> str:
+    raw = fields.get(name)
     try:
         value = raw.decode("utf-8") if raw is not None else ""
     except UnicodeDecodeError:
         value = ""
     if not value or "\x00" in value:  # Postgres text cannot hold NUL
-        raise MalformedEvent(name)
+        raise MalformedEvent(name.decode())
     return value
 
 
-def _int(fields: dict[bytes, bytes], name: str, bounds: tuple[int, int]) -> int:
-    raw = fields.get(name.encode())
+def _int(fields: dict[bytes, bytes], name: bytes, bounds: tuple[int, int]) -> int:
+    raw = fields.get(name)
     if raw is None:
-        raise MalformedEvent(name)
+        raise MalformedEvent(name.decode())
     # ASCII digits, an optional minus, at most 19 digits: what int() would also take with
     # spaces, underscores or a plus is refused.
     digits = raw[1:] if raw[:1] == b"-" else raw
     if not digits.isdigit() or len(digits) > 19:
-        raise MalformedEvent(name)
+        raise MalformedEvent(name.decode())
     value = int(raw)
     if not bounds[0] <= value <= bounds[1]:
-        raise MalformedEvent(name)
+        raise MalformedEvent(name.decode())
     return value
 
 
 def parse_event(fields: dict[bytes, bytes]) -> UsageEvent:
     """The row of a stream entry. Rejects only what the table could not store (missing,
     unparsable or out-of-range values), so one bad event can never fail a whole batch."""
-    billing = _text(fields, "billing")
+    billing = _text(fields, b"billing")
     if billing not in ("credits", "byok"):
         raise MalformedEvent("billing")
     stream = fields.get(b"stream")
     if stream not in (b"0", b"1"):
         raise MalformedEvent("stream")
     return UsageEvent(
-        request_id=_text(fields, "request_id"),
-        created_at=from_epoch_ms(_int(fields, "created_at", (0, _MAX_EPOCH_MS))),
-        key_id=_text(fields, "key_id"),
-        project_id=_text(fields, "project_id"),
-        model=_text(fields, "model"),
-        provider=_text(fields, "provider"),
-        prompt_tokens=_int(fields, "prompt_tokens", _INT32),
-        completion_tokens=_int(fields, "completion_tokens", _INT32),
-        cost_nano=_int(fields, "cost", _INT64),
-        status=_int(fields, "status", _INT32),
-        duration_ms=_int(fields, "duration_ms", _INT32),
+        request_id=_text(fields, b"request_id"),
+        created_at=from_epoch_ms(_int(fields, b"created_at", (0, _MAX_EPOCH_MS))),
+        key_id=_text(fields, b"key_id"),
+        project_id=_text(fields, b"project_id"),
+        model=_text(fields, b"model"),
+        provider=_text(fields, b"provider"),
+        prompt_tokens=_int(fields, b"prompt_tokens", _INT32),
+        completion_tokens=_int(fields, b"completion_tokens", _INT32),
+        cost_nano=_int(fields, b"cost", _INT64),
+        status=_int(fields, b"status", _INT32),
+        duration_ms=_int(fields, b"duration_ms", _INT32),
         billing=billing,
         stream=stream == b"1",
     )

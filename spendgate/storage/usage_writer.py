@@ -28,6 +28,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from operator import itemgetter
 from typing import Final
 
 import asyncpg
@@ -264,9 +265,8 @@ class UsageWriter:
         return int(status.rsplit(" ", 1)[1])  # "INSERT 0 <rows>"
 
 
-def _row_order(event: UsageEvent) -> tuple[str, datetime]:
-    # One order for every writer: two inserting the same rows wait, never deadlock.
-    return event.request_id, event.created_at
+# One order for every writer: two inserting the same rows wait, never deadlock.
+_row_order = itemgetter(0, 1)  # request_id, created_at
 
 
 def _log_failure(exc: Exception, then: str) -> None:
