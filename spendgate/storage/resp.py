@@ -107,7 +107,8 @@ class _Connection(asyncio.Protocol):
     # -- commands -----------------------------------------------------------------------
 
     def send(self, packed: bytes) -> asyncio.Future[Any]:
-        """Queue one packed command; the queue goes out in one write this loop turn."""
+        """Queue one packed command; what is queued goes out in one write, as soon as
+        the event loop has run the callbacks that are ready now."""
         if self.broken:
             raise ConnectionError("redis connection lost")
         future = self._loop.create_future()
