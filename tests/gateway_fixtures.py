@@ -112,11 +112,9 @@ def via_fake(
     return make
 
 
-def fake_catalog(server: TestServer, tmp_path: Path) -> Catalog:
-    """A catalog whose provider `fake` is the fake upstream, model m1 at $1/$2 per M."""
-    path = tmp_path / "providers.toml"
-    path.write_text(
-        f"""
+def providers_toml(server: TestServer) -> str:
+    """The providers file whose provider `fake` (model m1, $1/$2 per M) is `server`."""
+    return f"""
 [providers.fake]
 base_url = "{server.make_url("/v1")}"
 api_key = "{UPSTREAM_KEY}"
@@ -125,7 +123,12 @@ models = ["m1"]
 input_per_mtok = "1.00"
 output_per_mtok = "2.00"
 """
-    )
+
+
+def fake_catalog(server: TestServer, tmp_path: Path) -> Catalog:
+    """A catalog whose provider `fake` is the fake upstream, model m1 at $1/$2 per M."""
+    path = tmp_path / "providers.toml"
+    path.write_text(providers_toml(server))
     return load_catalog(path, mock=True, environ={})
 
 

@@ -18,12 +18,11 @@ from typing import Any
 
 import pytest
 import redis.asyncio as redis
-from aiohttp.test_utils import TestServer
 from multidict import CIMultiDictProxy
 
 from spendgate.config import Settings
 from spendgate.enforcement.keys import bucket_of
-from tests.proxy.conftest import UPSTREAM_KEY, Gateway
+from tests.proxy.conftest import Gateway
 
 HI = [{"role": "user", "content": "hi"}]
 # "hi" to the fake upstream (fake/m1, $1/$2 per M), which reports 10 prompt and 5
@@ -42,20 +41,6 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
-
-
-def providers_toml(server: TestServer) -> str:
-    """The providers file whose provider `fake` (model m1, $1/$2 per M) is `server`: the
-    same catalog as tests.proxy.conftest.fake_catalog, for a gateway in another process."""
-    return f"""
-[providers.fake]
-base_url = "{server.make_url("/v1")}"
-api_key = "{UPSTREAM_KEY}"
-models = ["m1"]
-[providers.fake.prices.m1]
-input_per_mtok = "1.00"
-output_per_mtok = "2.00"
-"""
 
 
 async def chat(

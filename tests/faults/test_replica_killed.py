@@ -33,10 +33,10 @@ from tests.faults.conftest import (
     HI,
     chat,
     free_port,
-    providers_toml,
     spend_state,
     usage_stream,
 )
+from tests.gateway_fixtures import providers_toml
 from tests.helpers import ADMIN_TOKEN, FakeClock, TcpLink
 from tests.proxy.conftest import FakeGatewayFactory, ledger
 
