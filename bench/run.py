@@ -431,6 +431,56 @@ def store_processes(store: Stores) -> Callable[[], dict[str, list[int]]]:
     return pids
 
 
+def store_servers(store: Stores) -> list[int]:
+    """The server processes of the stores: the Redis server and PostgreSQL's postmaster
+    (whose children, and the backends it forks later, follow its CPU affinity)."""
+    import asyncpg
+
+    async def backend() -> int:
+        conn = await asyncpg.connect(store.database_url, timeout=5)
+        try:
+            return int(await conn.fetchval("SELECT pg_backend_pid()"))
+        finally:
+            await conn.close()
+
+    servers = list(store_processes(store)().get("redis", []))
+    with suppress(Exception):
+        status = Path(f"/proc/{asyncio.run(backend())}/status").read_text()
+        servers.append(int(status.split("PPid:")[1].split()[0]))
+    return servers
+
+
+@contextmanager
+def stores_on(servers: list[int], cpus: set[int]) -> Iterator[bool]:
+    """Redis and PostgreSQL on `cpus` for the duration, then back where they were (the
+    backends forked meanwhile too). They are services of their own, on hosts of their own
+    in production: on the core under test they would take CPU from the process under test
+    that the bare proxy keeps. Yields whether it could move them."""
+
+    def threads(server: int) -> Iterator[int]:
+        for process in process_tree(server):
+            with suppress(OSError):
+                yield from (int(thread) for thread in os.listdir(f"/proc/{process}/task"))
+
+    before: dict[int, set[int]] = {}
+    moved = False
+    for server in servers:
+        with suppress(OSError):
+            before[server] = os.sched_getaffinity(server)
+        for thread in threads(server):
+            with suppress(OSError):
+                before.setdefault(thread, os.sched_getaffinity(thread))
+                os.sched_setaffinity(thread, cpus)
+                moved = True
+    try:
+        yield moved
+    finally:
+        for server in servers:
+            for thread in threads(server):
+                with suppress(OSError, KeyError):
+                    os.sched_setaffinity(thread, before.get(thread, before[server]))
+
+
 # -- HTTP helpers -----------------------------------------------------------------------
 
 
@@ -946,6 +996,7 @@ class Session:
     admin_token: str
     project_id: str
     keys: list[str]
+    store_servers: list[int]  # Redis and PostgreSQL, on side_cpus while pinned
     values: dict[str, float | None] = field(default_factory=dict)  # what the targets judge
 
     @property
@@ -1056,9 +1107,12 @@ def scenario_workers(s: Session) -> None:
     for proc in (s.upstream, s.spendgate):
         set_affinity(proc.pid, everywhere)
     try:
-        one = s.bench.measure("spendgate, 1 worker", s.sg_url, CHAT_BODY, s.keys, s.spendgate.pid)
-        env = spendgate_env(s.store, s.admin_token, free_port(), s.tmp / "data2")
         with ExitStack() as two_stack:
+            two_stack.enter_context(stores_on(s.store_servers, everywhere))
+            one = s.bench.measure(
+                "spendgate, 1 worker", s.sg_url, CHAT_BODY, s.keys, s.spendgate.pid
+            )
+            env = spendgate_env(s.store, s.admin_token, free_port(), s.tmp / "data2")
             two_proc, two_url = start_spendgate(two_stack, "spendgate-2w", env, 2, s.logs, None)
             check_answer(two_url, s.keys, CHAT_BODY, "spendgate --workers 2")
             s.bench.watched["spendgate-2w"] = two_proc.pid
@@ -1152,7 +1206,12 @@ def attempt(s: Session, title: str, scenario: Callable[[], None]) -> None:
 
 
 def header_lines(
-    config: Config, loadgen: LoadGen, store: Stores, pinned: bool, background: dict[int, float]
+    config: Config,
+    loadgen: LoadGen,
+    store: Stores,
+    pinned: bool,
+    stores_moved: bool,
+    background: dict[int, float],
 ) -> list[str]:
     import aiohttp
 
@@ -1169,8 +1228,10 @@ def header_lines(
     via_make = os.environ.get("BENCH_VIA_MAKE") == "1"
     command = (f"make bench {given}" if via_make else f"{given} python bench/run.py").strip()
     pinning = (
-        "process under test on core 0; upstream and load generator on core 1 (taskset-style"
-        " sched_setaffinity); Redis and PostgreSQL not pinned"
+        "process under test on core 0; upstream, load generator"
+        + (", Redis and PostgreSQL" if stores_moved else "")
+        + " on core 1 (taskset-style sched_setaffinity)"
+        + ("" if stores_moved else "; Redis and PostgreSQL not pinned (no permission)")
         if pinned
         else "none: this machine has one core, everything shares it (ratios only)"
     )
@@ -1251,8 +1312,10 @@ def run(config: Config, stack: ExitStack, report: Report) -> None:
         f" logs in {logs}"
     )
     bench.store_pids = store_processes(store)
+    servers = store_servers(store) if pinned else []
+    stores_moved = pinned and stack.enter_context(stores_on(servers, side_cpus or all_cpus()))
 
-    report.header = header_lines(config, loadgen, store, pinned, background)
+    report.header = header_lines(config, loadgen, store, pinned, stores_moved, background)
     print("\n".join(report.header), flush=True)
     s = Session(
         config,
@@ -1273,6 +1336,7 @@ def run(config: Config, stack: ExitStack, report: Report) -> None:
         admin_token,
         project_id,
         keys,
+        servers,
     )
     attempt(s, "JSON chat", lambda: scenario_json(s))
     attempt(s, "SSE chat", lambda: scenario_sse(s))
