@@ -26,7 +26,7 @@ from spendgate.proxy.metrics import Metrics
 from spendgate.proxy.mock_provider import MockProvider
 from spendgate.proxy.observe import observe_middleware
 from spendgate.proxy.settler import Settler
-from spendgate.proxy.upstream import Upstreams, create_session
+from spendgate.proxy.upstream import Upstreams, create_client
 from spendgate.storage.backends import Backends, open_backends
 from spendgate.storage.credentials import Credentials, SecretBox
 from spendgate.storage.key_directory import KeyDirectory
@@ -108,14 +108,14 @@ def create_app(
                 consumer=f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}",
                 claim_idle_ms=settings.ledger_claim_idle_ms,
             )
-            session = create_session(settings)
+            client = create_client(settings)
             mock = MockProvider(settings.mock_latency_ms) if settings.mock_provider else None
             app[GATEWAY] = Gateway(
                 settings,
                 catalog,
                 directory,
                 spend,
-                Upstreams(session, mock),
+                Upstreams(client, mock),
                 settler,
                 credentials,
                 metrics,
@@ -146,7 +146,7 @@ def create_app(
                     await invalidations
                 await settler.stop()
                 await writer.stop()
-                await session.close()
+                await client.close()
 
     app.cleanup_ctx.append(resources)
     app.add_subapp(PREFIX, admin_app())
