@@ -24,7 +24,7 @@ from aiohttp import web
 from spendgate.enforcement.cost import cost_nano
 from spendgate.enforcement.usage import Usage, UsageEvent
 from spendgate.proxy.errors import CLIENT_CLOSED, REQUEST_ID_HEADER
-from spendgate.proxy.sse import EventSplitter, chunk_usage, error_event, has_content, is_usage_only
+from spendgate.proxy.sse import EventSplitter, error_event, has_content, reported_usage
 from spendgate.proxy.upstream import UpstreamCut, UpstreamReply
 from spendgate.storage.errors import StorageUnavailable
 from spendgate.storage.spend import RESERVATION_TTL
@@ -50,10 +50,12 @@ class _Tally:
         for event in self.splitter.feed(data):
             if has_content(event):
                 self.content += 1
-            usage = chunk_usage(event)
-            if usage is not None:
-                self.usage = usage
-            events.append((event, usage is not None and is_usage_only(event)))
+            report = reported_usage(event)
+            if report is None:
+                events.append((event, False))
+            else:
+                self.usage, usage_only = report
+                events.append((event, usage_only))
         return events
 
 

@@ -2,8 +2,8 @@
 
 The relay passes every event through byte for byte and looks inside only where it must:
 the usage chunk (to settle), [DONE], and whether a chunk delivered output (to price a cut
-stream). Each check starts with a `bytes.find`, so an ordinary content chunk costs a few
-memchr-speed scans and no JSON parsing.
+stream). Each check starts with a `bytes.find` (or one regex pass), so an ordinary content
+chunk costs a few memchr-speed scans and no JSON parsing; the usage chunk is parsed once.
 
 Line endings: LF and CRLF (and a mix of them). A bare CR as a line ending, which the SSE
 spec allows but no LLM provider sends, is not recognised as an event boundary.
@@ -11,6 +11,7 @@ spec allows but no LLM provider sends, is not recognised as an event boundary.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
@@ -18,10 +19,6 @@ import orjson
 from spendgate.enforcement.usage import Usage
 
 DONE = b"data: [DONE]\n\n"
-
-# The blank line ending an event: "\n\n" (LF, or CRLF then LF) or "\n\r\n" (CRLF, or LF then CRLF).
-_LF_BLANK = b"\n\n"
-_CRLF_BLANK = b"\n\r\n"
 
 
 class EventSplitter:
@@ -38,16 +35,26 @@ class EventSplitter:
         self._scan = 0  # where the next search resumes: earlier bytes hold no boundary
 
     def feed(self, data: bytes) -> list[bytes]:
+        if not self._buffer and data.endswith(b"\n\n") and data.find(b"\n") == len(data) - 2:
+            return [data]  # the usual read: one whole one-line event, and nothing more
         buffer = self._buffer + data if self._buffer else data
         events: list[bytes] = []
         start = 0
-        scan = self._scan
-        while True:
-            end = _event_end(buffer, scan)
-            if end < 0:
-                break
+        # Line by line: a line ending ("\n", or the "\r\n" that contains it) followed by
+        # another ("\n" or "\r\n") is the blank line that ends an event. That is a few
+        # memchr-speed finds per event, as events have one or two lines (data, maybe event).
+        at = buffer.find(b"\n", self._scan)
+        while at >= 0:
+            if buffer.startswith(b"\n", at + 1):
+                end = at + 2
+            elif buffer.startswith(b"\r\n", at + 1):
+                end = at + 3
+            else:
+                at = buffer.find(b"\n", at + 1)
+                continue
             events.append(buffer[start:end])
-            start = scan = end
+            start = end
+            at = buffer.find(b"\n", end)
         self._buffer = buffer[start:]
         # A boundary is at most 3 bytes long: one may straddle the old tail and the next feed.
         self._scan = max(0, len(self._buffer) - 2)
@@ -56,17 +63,6 @@ class EventSplitter:
     def remainder(self) -> bytes:
         """The bytes of an incomplete event still buffered (a stream that ended mid-event)."""
         return self._buffer
-
-
-def _event_end(buffer: bytes, start: int) -> int:
-    """The index just past the first blank line at or after `start`, or -1."""
-    lf = buffer.find(_LF_BLANK, start)
-    if lf < 0:
-        crlf = buffer.find(_CRLF_BLANK, start)
-        return crlf + 3 if crlf >= 0 else -1
-    # A CRLF blank line ending no later than the LF one comes first.
-    crlf = buffer.find(_CRLF_BLANK, start, lf + 2)
-    return crlf + 3 if crlf >= 0 else lf + 2
 
 
 def event_data(event: bytes) -> bytes | None:
@@ -152,6 +148,16 @@ def is_usage_only(event: bytes) -> bool:
     return chunk is not None and not chunk.get("choices")
 
 
+def reported_usage(event: bytes) -> tuple[Usage, bool] | None:
+    """`chunk_usage(event)` and `is_usage_only(event)` with a single parse; None when the
+    chunk reports no usage."""
+    chunk = _usage_chunk(event)
+    if chunk is None:
+        return None
+    usage = Usage.from_openai(chunk["usage"])
+    return None if usage is None else (usage, not chunk.get("choices"))
+
+
 # Keys of a chat delta or completion choice that carry output, most common first.
 _OUTPUT_KEYS = (
     b'"content"',
@@ -165,6 +171,14 @@ _OUTPUT_KEYS = (
 )
 
 
+# What `_has_output_value` needs somewhere: an output key, and a value that may be non-empty
+# (a string not closed at once, a list, an object). The regex tries every occurrence of every
+# key, so where it finds none, the key-by-key scan finds none either.
+_MAY_HAVE_OUTPUT = re.compile(
+    b"(?:" + b"|".join(map(re.escape, _OUTPUT_KEYS)) + rb')[ \t]*:[ \t]*(?:"(?!")|[\[{])'
+)
+
+
 def has_content(event: bytes) -> bool:
     """Whether a chunk delivers output: a non-empty content, text, tool call, refusal or
     reasoning value. The role-only first chunk (`"content": ""`), a finish chunk
@@ -174,6 +188,18 @@ def has_content(event: bytes) -> bool:
     happens to look like one of these keys cannot fool it (quotes inside strings are
     escaped), but it trusts the chunk to be an OpenAI-shaped chunk.
     """
+    # The usual chunk: its first "content" key (9 bytes) holds a non-empty string.
+    at = event.find(b'"content"')
+    if at >= 0 and event.startswith(b':"', at + 9) and not event.startswith(b'"', at + 11):
+        return True
+    if _MAY_HAVE_OUTPUT.search(event) is None:
+        return False  # in one pass instead of a search for each key
+    return _has_output_value(event)
+
+
+def _has_output_value(event: bytes) -> bool:
+    """The definition the shortcuts above must agree with: an occurrence of an output key
+    (each search resuming past the last one found) followed by a non-empty value."""
     for key in _OUTPUT_KEYS:
         at = event.find(key)
         while at >= 0:

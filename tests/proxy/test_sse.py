@@ -7,11 +7,12 @@ from typing import Any
 
 import orjson
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from spendgate.enforcement.usage import Usage
 from spendgate.proxy import sse as sse_module
+from spendgate.proxy.relay import _Tally
 from spendgate.proxy.sse import (
     DONE,
     EventSplitter,
@@ -21,6 +22,7 @@ from spendgate.proxy.sse import (
     has_content,
     is_done,
     is_usage_only,
+    reported_usage,
 )
 
 # --- building streams ----------------------------------------------------------------------
@@ -163,6 +165,29 @@ def test_several_events_in_one_feed() -> None:
         chunk({"content": "b"}),
         DONE,
     ]
+
+
+@settings(deadline=None)
+@given(stream=streams(), group=st.integers(1, 3))
+def test_reads_of_whole_events_yield_them_unchanged(stream: list[bytes], group: int) -> None:
+    # One or a few whole events per read: the usual reads, which take a shortcut.
+    splitter = EventSplitter()
+    got: list[bytes] = []
+    for i in range(0, len(stream), group):
+        got += splitter.feed(b"".join(stream[i : i + group]))
+    assert got == stream
+    assert splitter.remainder() == b""
+
+
+def test_a_whole_line_after_a_partial_event_completes_that_event() -> None:
+    splitter = EventSplitter()
+    assert splitter.feed(b"data: a") == []
+    assert splitter.feed(b"bc\n\n") == [b"data: abc\n\n"]
+    assert splitter.feed(b"data: d\n") == []
+    assert splitter.feed(b"data: e\n\n") == [b"data: d\ndata: e\n\n"]
+    assert splitter.feed(b"data: f\r") == []
+    assert splitter.feed(b"\n\n") == [b"data: f\r\n\n"]
+    assert splitter.feed(b"data: g\rh\n\n") == [b"data: g\rh\n\n"]  # a bare CR ends no line
 
 
 # --- event_data ----------------------------------------------------------------------------
@@ -380,6 +405,149 @@ def test_has_content_looks_past_a_string_that_names_a_key() -> None:
     # a content value equal to "content" is a value, not a key
     assert has_content(chunk({"role": "assistant", "content": "content"}))
     assert not has_content(sse({"choices": [{"delta": {"role": "content", "content": ""}}]}))
+
+
+# Text that may mislead a byte scan: quotes, key names, JSON fragments.
+tricky_text = st.one_of(
+    st.text(max_size=6),
+    st.sampled_from(['"', "content", '"content":"x"', "usage", '"usage": {}', "[DONE]", "\n"]),
+)
+tool_call = st.fixed_dictionaries(
+    {"index": st.integers(0, 2)},
+    optional={"id": st.just("call_1"), "function": st.fixed_dictionaries({"name": tricky_text})},
+)
+delta = st.fixed_dictionaries(
+    {},
+    optional={
+        "role": st.just("assistant"),
+        "content": st.none() | st.just("") | tricky_text,
+        "refusal": st.none() | tricky_text,
+        "reasoning_content": tricky_text,
+        "tool_calls": st.lists(tool_call, max_size=2),
+    },
+)
+choice = st.one_of(
+    st.fixed_dictionaries(
+        {"index": st.just(0), "delta": delta, "finish_reason": st.none() | st.just("stop")}
+    ),
+    st.fixed_dictionaries({"index": st.just(0), "text": tricky_text}),  # a completion
+)
+usage_value = st.one_of(
+    st.none(),
+    st.just(USAGE),
+    st.builds(
+        lambda p, c: {"prompt_tokens": p, "completion_tokens": c},
+        st.integers(0, 99),
+        st.integers(0, 99),
+    ),
+    st.just({"prompt_tokens": "12"}),  # malformed
+)
+
+
+@st.composite
+def openai_chunks(draw: st.DrawFn) -> dict[str, Any]:
+    chunk: dict[str, Any] = {"id": "chatcmpl-1", "object": "chat.completion.chunk"}
+    if draw(st.booleans()):
+        chunk["choices"] = draw(st.lists(choice, max_size=2))
+    if draw(st.booleans()):
+        chunk["usage"] = draw(usage_value)
+    return chunk
+
+
+def json_layouts(obj: Any) -> st.SearchStrategy[bytes]:
+    return st.sampled_from(
+        [orjson.dumps(obj), json.dumps(obj).encode(), json.dumps(obj, indent=1).encode()]
+    )
+
+
+@st.composite
+def openai_events(draw: st.DrawFn, newlines: st.SearchStrategy[bytes] = newline) -> bytes:
+    """One event of an OpenAI stream, in any JSON layout (indented JSON: several data lines)."""
+    kind = draw(st.sampled_from(["chunk", "chunk", "chunk", "done", "comment", "named", "error"]))
+    if kind == "done":
+        return DONE.replace(b"\n", draw(newlines))
+    if kind == "comment":
+        return b": keep-alive" + draw(newlines) + draw(newlines)
+    if kind == "error":
+        return error_event("boom", "api_error", "upstream_unavailable").replace(
+            b"\n", draw(newlines)
+        )
+    text = draw(json_layouts(draw(openai_chunks())))
+    lines = [b"data: " + line for line in text.splitlines()]
+    if kind == "named":
+        lines = [b"event: chunk", *lines]
+    return b"".join(line + draw(newlines) for line in lines) + draw(newlines)
+
+
+@st.composite
+def openai_streams(draw: st.DrawFn) -> list[bytes]:
+    style = draw(st.sampled_from([b"\n", b"\r\n", None]))
+    newlines = newline if style is None else st.just(style)
+    return draw(st.lists(openai_events(newlines), max_size=8))
+
+
+# Byte soup around the output keys: self-overlapping keys, stray quotes, odd whitespace.
+key_soup = st.lists(
+    st.sampled_from(
+        [b'"content"', b'content"', b'"text"', b'"tool_calls"', b'"reasoning_content"']
+        + [b'"reasoning"', b'"refusal"', b'"usage"', b":", b" ", b"\t", b'"', b'""', b"x"]
+        + [b"[", b"]", b"{", b"}", b"null", b"\\", b",", b"\n"]
+    ),
+    max_size=20,
+).map(lambda parts: b"data: " + b"".join(parts) + b"\n\n")
+
+
+@settings(max_examples=300, deadline=None)
+@given(event=openai_events() | key_soup)
+@example(event=b'data: {"content"content":"x"}\n\n')  # the scan skips an overlapping key
+@example(event=b'data: {"content":"","text":"x"}\n\n')
+@example(event=b'data: {"content" : "x","tool_calls":[ ]}\n\n')
+def test_has_content_agrees_with_the_key_by_key_scan(event: bytes) -> None:
+    # has_content answers most chunks by a shortcut; the full scan is the definition.
+    assert has_content(event) is sse_module._has_output_value(event)
+
+
+@settings(max_examples=300, deadline=None)
+@given(event=openai_events() | key_soup)
+def test_reported_usage_is_chunk_usage_and_is_usage_only(event: bytes) -> None:
+    usage = chunk_usage(event)
+    expected = None if usage is None else (usage, is_usage_only(event))
+    assert reported_usage(event) == expected
+
+
+# --- the relay's tally ---------------------------------------------------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(stream=openai_streams(), cuts=st.lists(st.integers(0, 10_000), max_size=20))
+def test_the_tally_of_any_split_matches_an_event_by_event_reference(
+    stream: list[bytes], cuts: list[int]
+) -> None:
+    tally = _Tally()
+    got: list[tuple[bytes, bool]] = []
+    for piece in split(b"".join(stream), cuts):
+        got += tally.take(piece)
+
+    usages = [chunk_usage(event) for event in stream]
+    assert got == [
+        (event, usage is not None and is_usage_only(event))
+        for event, usage in zip(stream, usages, strict=True)
+    ]
+    assert tally.content == sum(has_content(event) for event in stream)
+    assert tally.usage == next((usage for usage in reversed(usages) if usage is not None), None)
+    assert tally.splitter.remainder() == b""
+
+
+def test_the_tally_of_an_openai_stream_with_usage() -> None:
+    role = chunk({"role": "assistant", "content": ""}, usage=None)
+    words = [chunk({"content": word}, usage=None) for word in ("Hi", "", " there")]
+    tool = chunk({"tool_calls": [TOOL_CALL]}, usage=None)
+    stream = [role, *words, tool, chunk({}, "stop", usage=None), USAGE_CHUNK, DONE]
+    expected = [(event, event is USAGE_CHUNK) for event in stream]
+    for reads in ([b"".join(stream)], stream):  # one read, then a read per event
+        tally = _Tally()
+        assert [pair for data in reads for pair in tally.take(data)] == expected
+        assert (tally.content, tally.usage) == (3, Usage(12, 7, 4))
 
 
 # --- error_event ---------------------------------------------------------------------------
