@@ -59,12 +59,19 @@ class KeyDirectory:
         self.hits = 0
         self.misses = 0
 
-    async def find(self, token_hash: bytes) -> Principal | None:
-        """The key of a token, or None if no (undeleted) key has it."""
+    def cached(self, token_hash: bytes) -> Principal | None:
+        """The key of a token from this process's cache, or None (then ask `find`)."""
         entry = self._cache.get(token_hash)
         if entry is not None and entry[0] > self._monotonic():
             self.hits += 1
             return entry[1]
+        return None
+
+    async def find(self, token_hash: bytes) -> Principal | None:
+        """The key of a token, or None if no (undeleted) key has it."""
+        principal = self.cached(token_hash)
+        if principal is not None:
+            return principal
         self.misses += 1
         return await self.refresh(token_hash)
 
