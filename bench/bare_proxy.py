@@ -4,9 +4,9 @@ No authentication, no parsing, no accounting: POST /v1/chat/completions goes to 
 with one shared aiohttp.ClientSession, a JSON answer comes back whole, an SSE answer is
 relayed chunk by chunk as it arrives. It runs on the same aiohttp server settings as
 `spendgate serve --workers 1` (web.run_app, access log off, uvloop when installed, as
-spendgate uses it) and the same client connector settings
-as spendgate's upstream session (spendgate/proxy/upstream.py), so that the difference in a
-benchmark is what spendgate does per request.
+spendgate uses it). Its client is aiohttp's, as the issue that set the targets defines the
+reference; spendgate calls providers with a leaner client of its own
+(spendgate/proxy/http_client.py), which is part of what the benchmark compares.
 
     python bench/bare_proxy.py --port 8001 --upstream http://127.0.0.1:9000
 """
