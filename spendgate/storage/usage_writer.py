@@ -37,14 +37,14 @@ import orjson
 from spendgate.storage.errors import StorageUnavailable
 from spendgate.storage.postgres import postgres_errors
 from spendgate.storage.resp import RedisCommands
-from spendgate.storage.usage_events import MalformedEvent, UsageEvent, parse_event
+from spendgate.storage.usage_events import MalformedEvent, UsageEvent, parse_entry
 from spendgate.storage.usage_streams import StreamEntry, UsageStreams
 
 log = logging.getLogger(__name__)
 
 BACKOFF_MIN: Final = 0.1
 BACKOFF_MAX: Final = 2.0
-# Events parsed between two yields to the event loop (~6 µs each): a round's work must
+# Events parsed between two yields to the event loop (~2 µs each): a round's work must
 # not hold up the requests in flight for more than a fraction of a millisecond at a time.
 PARSE_SLICE = 64
 
@@ -234,7 +234,7 @@ class UsageWriter:
                 dropped.append(entry)
                 continue
             try:
-                event = parse_event(dict(zip(flat[::2], flat[1::2], strict=True)))
+                event = parse_entry(flat)
             except MalformedEvent as exc:
                 log.error(
                     "usage writer: dropping malformed event %s of bucket %d: %s",
