@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from aiohttp import web
-from aiohttp.typedefs import Handler, Middleware
+from aiohttp.typedefs import Handler
 
 from spendgate.config.catalog import Catalog
 from spendgate.enforcement import iam, tokens
@@ -303,16 +303,10 @@ def admin_app() -> web.Application:
     return admin
 
 
-def admin_auth_middleware(admin_token: str) -> Middleware:
+def require_admin_token(request: web.Request, admin_token: str) -> None:
     """Every path under /admin, routed or not, needs the admin token; the proxy's API
-    tokens are never accepted here."""
-
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path == "/admin" or request.path.startswith("/admin/"):
-            scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-            if scheme.lower() != "bearer" or not tokens.same_secret(given, admin_token):
-                raise Unauthorized()
-        return await handler(request)
-
-    return middleware
+    tokens are never accepted there."""
+    if request.path == "/admin" or request.path.startswith("/admin/"):
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not tokens.same_secret(given, admin_token):
+            raise Unauthorized()

@@ -8,6 +8,7 @@ import os
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import suppress
+from functools import partial
 from typing import TypeVar
 
 from aiohttp import web
@@ -17,14 +18,13 @@ from spendgate.config import Settings
 from spendgate.config.catalog import Catalog, load_catalog
 from spendgate.dashboard.routes import add_dashboard_routes
 from spendgate.enforcement.keys import Clock, SystemClock
-from spendgate.proxy.admin import ADMIN, PREFIX, AdminApi, admin_app, admin_auth_middleware
+from spendgate.proxy.admin import ADMIN, PREFIX, AdminApi, admin_app, require_admin_token
 from spendgate.proxy.admin_usage import cursor_secret
-from spendgate.proxy.errors import error_middleware
 from spendgate.proxy.gateway import Gateway
 from spendgate.proxy.health import Health
 from spendgate.proxy.metrics import Metrics
 from spendgate.proxy.mock_provider import MockProvider
-from spendgate.proxy.observe import observe_middleware
+from spendgate.proxy.observe import edge_middleware
 from spendgate.proxy.settler import Settler
 from spendgate.proxy.upstream import Upstreams, create_client
 from spendgate.storage.backends import Backends, open_backends
@@ -61,12 +61,9 @@ def create_app(
             settings.providers_file, mock=settings.mock_provider, environ=os.environ
         )
     metrics = Metrics(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+    guard = partial(require_admin_token, admin_token=admin_token)
     app = web.Application(
-        middlewares=[
-            error_middleware,
-            observe_middleware(metrics),
-            admin_auth_middleware(settings.admin_token),
-        ],
+        middlewares=[edge_middleware(metrics, guard)],
         client_max_size=settings.max_body_bytes,
     )
     app[SETTINGS] = settings

@@ -1,7 +1,7 @@
-"""HTTP errors: one table from error class to (status, type, code), one middleware.
+"""HTTP errors: one table from error class to (status, type, code), and the envelope.
 
 Handlers raise errors of meaning (enforcement.errors, storage.errors, ApiError below);
-`error_middleware` turns them into OpenAI's envelope
+the middleware (observe.py) turns them, with `error_envelope`, into OpenAI's envelope
 `{"error": {"message", "type", "param", "code"}}`. Anything unknown becomes a 500 with the
 request id, logged once here.
 
@@ -19,7 +19,6 @@ import os
 
 import orjson
 from aiohttp import web
-from aiohttp.typedefs import Handler
 from aiohttp.web_protocol import RequestPayloadError
 
 from spendgate.enforcement.errors import (
@@ -177,18 +176,11 @@ def _http_exception(exc: web.HTTPException) -> ApiError:
     return ApiError(exc.status, type_, code, message, headers=headers)
 
 
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    request_id = new_request_id()
-    request[REQUEST_ID] = request_id
-    try:
-        response = await handler(request)
-    except Exception as exc:
-        err = to_api_error(exc)
-        if err is None:
-            log.exception("unhandled error", extra={"request_id": request_id, "path": request.path})
-            err = ApiError(500, "api_error", "internal_error", "internal error: " + request_id)
-        return error_response(err, request_id)
-    if not response.prepared:  # a streamed response set it before its first byte
-        response.headers[REQUEST_ID_HEADER] = request_id
-    return response
+def error_envelope(exc: Exception, request: web.Request, request_id: str) -> web.Response:
+    """The envelope of an error a handler raised. Anything unknown is a 500 naming the
+    request id, logged here once."""
+    err = to_api_error(exc)
+    if err is None:
+        log.exception("unhandled error", extra={"request_id": request_id, "path": request.path})
+        err = ApiError(500, "api_error", "internal_error", "internal error: " + request_id)
+    return error_response(err, request_id)
