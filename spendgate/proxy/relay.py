@@ -24,7 +24,14 @@ from aiohttp import web
 from spendgate.enforcement.cost import cost_nano
 from spendgate.enforcement.usage import Usage, UsageEvent
 from spendgate.proxy.errors import CLIENT_CLOSED, REQUEST_ID_HEADER
-from spendgate.proxy.sse import EventSplitter, error_event, has_content, reported_usage
+from spendgate.proxy.sse import (
+    EventSplitter,
+    count_output,
+    error_event,
+    last_event_end,
+    reported_usage,
+    usage_candidate,
+)
 from spendgate.proxy.upstream import UpstreamCut, UpstreamReply
 from spendgate.storage.errors import StorageUnavailable
 from spendgate.storage.spend import RESERVATION_TTL
@@ -34,29 +41,79 @@ if TYPE_CHECKING:
     from spendgate.proxy.gateway import Gateway
 
 EXTEND_EVERY = RESERVATION_TTL.total_seconds() / 3
+COUNT_EVERY = 32 * 1024  # bytes of relayed events a tally holds before it counts them
 
 
 class _Tally:
-    """What a stream delivered: content events, and the usage the provider reported."""
+    """What a stream delivered (output values, and the usage the provider reported), and
+    what of it to relay.
 
-    def __init__(self) -> None:
-        self.splitter = EventSplitter()
+    A read at a time, not an event at a time (per-event Python work was most of a stream's
+    cost): the events a read completes are searched in C for a usage object that is not
+    null; only the events from such a candidate on (the last one or two of a stream) are
+    looked at one by one, to parse the usage and to withhold the usage-only chunk from a
+    client that did not ask for it. Output values are counted only when asked for, as a
+    stream that reports usage never needs them: the bytes wait, up to COUNT_EVERY of them
+    (then they are counted and let go)."""
+
+    def __init__(self, keep_usage_only: bool) -> None:
+        self.keep_usage_only = keep_usage_only
         self.usage: Usage | None = None
-        self.content = 0
+        self._rest = b""  # the start of an event not complete yet
+        self._counted = 0
+        self._uncounted: list[bytes] = []
+        self._held = 0
 
-    def take(self, data: bytes) -> list[tuple[bytes, bool]]:
-        """Complete events in `data`, each with whether it is a usage-only chunk."""
-        events = []
-        for event in self.splitter.feed(data):
-            if has_content(event):
-                self.content += 1
+    @property
+    def content(self) -> int:
+        """Output values delivered: about one a token, as providers stream."""
+        self._count_held()
+        return self._counted
+
+    def _count_held(self) -> None:
+        if self._uncounted:
+            self._counted += count_output(b"".join(self._uncounted))
+            self._uncounted.clear()
+            self._held = 0
+
+    def take(self, data: bytes) -> bytes:
+        """What to relay now: the events completed so far, their bytes unchanged."""
+        rest = self._rest
+        buffer = rest + data if rest else data
+        if buffer.endswith((b"\n\n", b"\n\r\n")):  # the usual read: whole events
+            complete, self._rest = buffer, b""
+        else:  # a blank line (at most 3 bytes) may straddle the old rest and `data`
+            end = last_event_end(buffer, max(0, len(rest) - 2))
+            if end < 0:
+                self._rest = buffer
+                return b""
+            complete, self._rest = buffer[:end], buffer[end:]
+        candidate = usage_candidate(complete)
+        if self.usage is None:
+            self._uncounted.append(complete)
+            self._held += len(complete)
+            if self._held > COUNT_EVERY:
+                self._count_held()
+        if candidate < 0:
+            return complete
+        start = last_event_end(complete, 0, candidate)
+        splitter = EventSplitter()
+        kept = [complete[:start] if start > 0 else b""]
+        for event in splitter.feed(complete[start:] if start > 0 else complete):
             report = reported_usage(event)
-            if report is None:
-                events.append((event, False))
-            else:
+            if report is not None:
                 self.usage, usage_only = report
-                events.append((event, usage_only))
-        return events
+                if usage_only and not self.keep_usage_only:
+                    continue
+            kept.append(event)
+        kept.append(splitter.remainder())  # stray blank lines after the last event
+        if self.usage is not None:  # the output values will not be needed
+            self._uncounted.clear()
+        return b"".join(kept)
+
+    def remainder(self) -> bytes:
+        """The bytes of an event never completed (a stream that ended mid-event)."""
+        return self._rest
 
 
 async def relay_stream(
@@ -64,7 +121,7 @@ async def relay_stream(
 ) -> web.StreamResponse:
     assert reply.chunks is not None
     chunks = reply.chunks
-    tally = _Tally()
+    tally = _Tally(keep_usage_only=call.client_wants_usage)
     status = 200
     response = web.StreamResponse(
         status=200,
@@ -80,18 +137,13 @@ async def relay_stream(
         try:
             await response.prepare(request)
             async for data in chunks:
-                # The events of one upstream read go out in one write (one send call).
-                out = [
-                    event
-                    for event, usage_only in tally.take(data)
-                    if not usage_only or call.client_wants_usage
-                ]
+                out = tally.take(data)  # the events of one upstream read, in one write
                 if out:
-                    await response.write(b"".join(out))
+                    await response.write(out)
                 if gateway.monotonic() >= extend_at:
                     extend_at = gateway.monotonic() + EXTEND_EVERY
                     await _extend(gateway, call)
-            if rest := tally.splitter.remainder():
+            if rest := tally.remainder():
                 await response.write(rest)
             await response.write_eof()
         except UpstreamCut:

@@ -65,6 +65,15 @@ class EventSplitter:
         return self._buffer
 
 
+def last_event_end(buffer: bytes, start: int = 0, end: int | None = None) -> int:
+    """The index just past the last blank line (an event's end) within buffer[start:end],
+    or -1. Blank lines: "\n\n" (LF, or CRLF then LF) and "\n\r\n" (CRLF, or LF then
+    CRLF)."""
+    lf = buffer.rfind(b"\n\n", start, end)
+    crlf = buffer.rfind(b"\n\r\n", start, end)
+    return max(lf + 2 if lf >= 0 else -1, crlf + 3 if crlf >= 0 else -1)
+
+
 def event_data(event: bytes) -> bytes | None:
     """The event's `data` field: its `data:` lines joined with "\\n"; None when it has none."""
     body = event.rstrip(b"\r\n")
@@ -177,6 +186,31 @@ _OUTPUT_KEYS = (
 _MAY_HAVE_OUTPUT = re.compile(
     b"(?:" + b"|".join(map(re.escape, _OUTPUT_KEYS)) + rb')[ \t]*:[ \t]*(?:"(?!")|[\[{])'
 )
+
+
+# An output key and a non-empty value: a string not closed at once, a list or an object
+# not closed at once (has_content's definition, as one pattern).
+_OUTPUT_VALUE = re.compile(
+    b"(?:"
+    + b"|".join(map(re.escape, _OUTPUT_KEYS))
+    + rb')[ \t]*:[ \t]*(?:"(?!")|\[(?![ \t\r\n]*\])|\{(?![ \t\r\n]*\}))'
+)
+# What `_has_non_null_key(event, b'"usage"')` looks for, over many events at once.
+_NON_NULL_USAGE = re.compile(rb'"usage"[ \t]*:[ \t]*(?!null)')
+
+
+def count_output(events: bytes) -> int:
+    """The output values in `events` (whole events): each non-empty content, text, tool
+    calls, refusal or reasoning value. Providers stream one a chunk, about one a token.
+    The byte scan of has_content, over many events in one pass."""
+    return len(_OUTPUT_VALUE.findall(events))
+
+
+def usage_candidate(events: bytes) -> int:
+    """Where the first usage key with a value that is not null is in `events`, or -1: the
+    events before it report no usage; from the one holding it on, `reported_usage` tells."""
+    found = _NON_NULL_USAGE.search(events)
+    return -1 if found is None else found.start()
 
 
 def has_content(event: bytes) -> bool:

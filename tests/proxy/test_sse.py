@@ -11,6 +11,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from spendgate.enforcement.usage import Usage
+from spendgate.proxy import relay as relay_module
 from spendgate.proxy import sse as sse_module
 from spendgate.proxy.relay import _Tally
 from spendgate.proxy.sse import (
@@ -517,25 +518,71 @@ def test_reported_usage_is_chunk_usage_and_is_usage_only(event: bytes) -> None:
 
 # --- the relay's tally ---------------------------------------------------------------------
 
+OUTPUT_NAMES = {"content", "text", "tool_calls", "reasoning_content", "reasoning", "refusal"}
+OUTPUT_NAMES |= {"function_call", "audio"}
 
-@settings(max_examples=300, deadline=None)
-@given(stream=openai_streams(), cuts=st.lists(st.integers(0, 10_000), max_size=20))
+
+def parsed_output_values(event: bytes) -> int:
+    """The reference for count_output: the event's JSON parsed, and every output key with a
+    non-empty value counted, at any depth."""
+    data = event_data(event)
+    try:
+        tree = orjson.loads(data) if data is not None else None
+    except orjson.JSONDecodeError:
+        return 0
+
+    def walk(node: Any) -> int:
+        if isinstance(node, list):
+            return sum(walk(item) for item in node)
+        if not isinstance(node, dict):
+            return 0
+        own = sum(
+            1
+            for key, value in node.items()
+            if key in OUTPUT_NAMES and isinstance(value, str | list | dict) and value
+        )
+        return own + sum(walk(value) for value in node.values())
+
+    return walk(tree)
+
+
+def relayed(stream: list[bytes], keep_usage_only: bool) -> bytes:
+    """The reference for what the tally relays: every event, but a usage-only chunk for a
+    client that did not ask for usage."""
+    kept = []
+    for event in stream:
+        report = reported_usage(event)
+        if report is None or keep_usage_only or not report[1]:
+            kept.append(event)
+    return b"".join(kept)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    stream=openai_streams(),
+    cuts=st.lists(st.integers(0, 10_000), max_size=20),
+    keep_usage_only=st.booleans(),
+    count_every=st.sampled_from([1, 100, 32 * 1024]),
+)
 def test_the_tally_of_any_split_matches_an_event_by_event_reference(
-    stream: list[bytes], cuts: list[int]
+    stream: list[bytes],
+    cuts: list[int],
+    keep_usage_only: bool,
+    count_every: int,
 ) -> None:
-    tally = _Tally()
-    got: list[tuple[bytes, bool]] = []
-    for piece in split(b"".join(stream), cuts):
-        got += tally.take(piece)
+    tally = _Tally(keep_usage_only)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(relay_module, "COUNT_EVERY", count_every)
+        pieces = [tally.take(piece) for piece in split(b"".join(stream), cuts)]
 
+    assert b"".join(pieces) == relayed(stream, keep_usage_only)
+    # whole events only: an event is never relayed in part before it is complete
+    assert all(piece.endswith((b"\n\n", b"\n\r\n")) for piece in pieces if piece)
+    assert tally.remainder() == b""
     usages = [chunk_usage(event) for event in stream]
-    assert got == [
-        (event, usage is not None and is_usage_only(event))
-        for event, usage in zip(stream, usages, strict=True)
-    ]
-    assert tally.content == sum(has_content(event) for event in stream)
     assert tally.usage == next((usage for usage in reversed(usages) if usage is not None), None)
-    assert tally.splitter.remainder() == b""
+    if tally.usage is None:  # else the output values are not needed, nor counted
+        assert tally.content == sum(parsed_output_values(event) for event in stream)
 
 
 def test_the_tally_of_an_openai_stream_with_usage() -> None:
@@ -543,11 +590,33 @@ def test_the_tally_of_an_openai_stream_with_usage() -> None:
     words = [chunk({"content": word}, usage=None) for word in ("Hi", "", " there")]
     tool = chunk({"tool_calls": [TOOL_CALL]}, usage=None)
     stream = [role, *words, tool, chunk({}, "stop", usage=None), USAGE_CHUNK, DONE]
-    expected = [(event, event is USAGE_CHUNK) for event in stream]
-    for reads in ([b"".join(stream)], stream):  # one read, then a read per event
-        tally = _Tally()
-        assert [pair for data in reads for pair in tally.take(data)] == expected
-        assert (tally.content, tally.usage) == (3, Usage(12, 7, 4))
+    for keep in (True, False):
+        expected = b"".join(event for event in stream if keep or event is not USAGE_CHUNK)
+        for reads in ([b"".join(stream)], stream):  # one read, then a read per event
+            tally = _Tally(keep)
+            assert b"".join(tally.take(data) for data in reads) == expected
+            assert tally.usage == Usage(12, 7, 4)
+
+
+def test_the_tally_counts_the_output_of_a_stream_without_usage() -> None:
+    role = chunk({"role": "assistant", "content": ""})
+    words = [chunk({"content": word}) for word in ("Hi", "", " there")]
+    tool = chunk({"tool_calls": [TOOL_CALL]})
+    two_choices = sse({"choices": [{"delta": {"content": "a"}}, {"delta": {"content": "b"}}]})
+    stream = [role, *words, tool, two_choices, chunk({}, "stop"), DONE]
+    for reads in ([b"".join(stream)], stream):
+        tally = _Tally(False)
+        assert b"".join(tally.take(data) for data in reads) == b"".join(stream)
+        assert (tally.usage, tally.content) == (None, 5)  # Hi, there, the tool call, a, b
+
+
+def test_a_long_stream_is_counted_as_it_goes_not_held(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(relay_module, "COUNT_EVERY", 1000)
+    tally = _Tally(True)
+    for _ in range(50):
+        tally.take(chunk({"content": "word"}))
+        assert tally._held <= 1000 + len(chunk({"content": "word"}))
+    assert tally.content == 50
 
 
 # --- error_event ---------------------------------------------------------------------------
