@@ -202,11 +202,8 @@ class Response:
         if not self._ready.done():
             self._ready.set_result(None)
 
-    def _body(self, data: bytes) -> None:
-        if self._error is not None:
-            return
-        self._parts.append(data)
-        self._buffered += len(data)
+    def _arrived(self) -> None:
+        """Body bytes came (once a read, however many chunks it held)."""
         if self._buffered > MAX_BUFFERED and not self._paused and not self._whole:
             self._paused = True
             self._connection.pause()
@@ -321,6 +318,9 @@ class _Connection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             response._fail(HttpClientError(f"malformed answer: {exc}"))
             self.close()
+            return
+        if response._parts:
+            response._arrived()
 
     def eof_received(self) -> bool:
         return False  # close our side too
@@ -354,9 +354,12 @@ class _Connection(asyncio.Protocol):
             return
         self.response._headers_done(status)
 
-    def on_body(self, body: bytes) -> None:
-        assert self.response is not None
-        self.response._body(body)
+    def on_body(self, body: bytes) -> None:  # for each chunk of a chunked body: kept lean
+        response = self.response
+        assert response is not None
+        if response._error is None:
+            response._parts.append(body)
+            response._buffered += len(body)
 
     def on_message_complete(self) -> None:
         assert self.response is not None
