@@ -133,17 +133,20 @@ def create_app(
                     await listening.wait()
             settler.start()
             await writer.start()
+            flusher = asyncio.create_task(metrics.flush_every(), name="metrics-flush")
             try:
                 yield
             finally:
                 if metrics_site is not None:
                     await metrics_site.cleanup()
-                invalidations.cancel()
-                with suppress(asyncio.CancelledError):
-                    await invalidations
+                for task in (invalidations, flusher):
+                    task.cancel()
+                    with suppress(asyncio.CancelledError):
+                        await task
                 await settler.stop()
                 await writer.stop()
                 await client.close()
+                metrics.flush()
 
     app.cleanup_ctx.append(resources)
     app.add_subapp(PREFIX, admin_app())

@@ -282,7 +282,7 @@ class Gateway:
             reply = await self.upstreams.send(
                 provider, path, payload, body, call.api_key, call.stream
             )
-            self.metrics.upstream_ttfb.labels(provider.name).observe(
+            self.metrics.upstream_ttfb.held(provider.name).observe(
                 self.monotonic() - call.upstream_started
             )
         except ApiError as exc:  # unreachable or timed out: nothing was delivered, no charge
@@ -328,7 +328,7 @@ class Gateway:
         if call.upstream_started:
             upstream = now - call.upstream_started
             call.facts.upstream_seconds = upstream
-            self.metrics.upstream_duration.labels(call.model.provider).observe(upstream)
+            self.metrics.upstream_duration.held(call.model.provider).observe(upstream)
         call.facts.cost = cost
         call.facts.prompt_tokens = usage.prompt_tokens
         call.facts.completion_tokens = usage.completion_tokens

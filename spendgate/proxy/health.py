@@ -57,10 +57,10 @@ class Health:
 
     async def scrape(self, request: web.Request) -> web.Response:
         m = self.metrics
-        m.catch_up("ledger_ok", self.writer.writes_ok, m.ledger_writes.labels("ok"))
-        m.catch_up("ledger_error", self.writer.writes_failed, m.ledger_writes.labels("error"))
-        m.catch_up("cache_hit", self.directory.hits, m.key_cache.labels("hit"))
-        m.catch_up("cache_miss", self.directory.misses, m.key_cache.labels("miss"))
+        m.catch_up("ledger_ok", self.writer.writes_ok, m.ledger_writes.held("ok"))
+        m.catch_up("ledger_error", self.writer.writes_failed, m.ledger_writes.held("error"))
+        m.catch_up("cache_hit", self.directory.hits, m.key_cache.held("hit"))
+        m.catch_up("cache_miss", self.directory.misses, m.key_cache.held("miss"))
         try:
             async with asyncio.timeout(CHECK_TIMEOUT):
                 m.backlog.set(await self.writer.backlog())

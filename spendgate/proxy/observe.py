@@ -117,9 +117,9 @@ def edge_middleware(metrics: Metrics, guard: Callable[[web.Request], None]) -> M
             elapsed = perf_counter() - started
             resource = request.match_info.route.resource
             route = resource.canonical if resource is not None else "unrouted"
-            metrics.requests.labels(route, outcome).inc()
-            metrics.duration.labels(route).observe(elapsed)
-            metrics.overhead.labels(route).observe(max(0.0, elapsed - facts.upstream_seconds))
+            metrics.requests.held(route, outcome).inc()
+            metrics.duration.held(route).observe(elapsed)
+            metrics.overhead.held(route).observe(max(0.0, elapsed - facts.upstream_seconds))
             _log(request, facts, route, status, outcome, elapsed)
         return _with_request_id(response, request_id)
 
@@ -134,9 +134,9 @@ def _with_request_id(response: web.StreamResponse, request_id: str) -> web.Strea
 
 def _count_rejection(metrics: Metrics, exc: Exception) -> None:
     if isinstance(exc, LimitExceeded):
-        metrics.limit_rejections.labels(exc.limit).inc()
+        metrics.limit_rejections.held(exc.limit).inc()
     elif isinstance(exc, AccessDenied):
-        metrics.iam_denials.labels(exc.rule_type).inc()
+        metrics.iam_denials.held(exc.rule_type).inc()
     elif isinstance(exc, StorageUnavailable) and exc.backend == "redis":
         metrics.redis_errors.inc()
 

@@ -14,12 +14,15 @@ import aiohttp
 import asyncpg
 import openai
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from openai.types.chat import ChatCompletionMessageParam
 from prometheus_client.parser import text_string_to_metric_families
 
 from spendgate.config import Settings
 from spendgate.enforcement.money import format_usd
 from spendgate.enforcement.tokens import generate_token
+from spendgate.proxy.metrics import DURATION_BUCKETS, FLUSH_EVERY, Metrics
 from tests.helpers import ADMIN_TOKEN, TcpLink, call
 from tests.proxy.conftest import FakeGatewayFactory, Gateway, GatewayFactory, ledger
 
@@ -195,7 +198,10 @@ async def test_two_workers_report_the_totals_of_both(
             for _ in range(20):
                 async with http.post(CHAT, json=body, headers=headers) as answer:
                     assert answer.status == 200
-            for _ in range(6):  # whichever worker answers, it reports both
+            # Each worker applies its held values to its file at least every FLUSH_EVERY
+            # seconds (and at its own scrapes): after that, whichever answers reports both.
+            await asyncio.sleep(FLUSH_EVERY + 0.5)
+            for _ in range(6):
                 async with http.get("/metrics") as scraped:
                     found = samples(await scraped.text())
                 assert (
@@ -216,3 +222,42 @@ async def test_two_workers_report_the_totals_of_both(
     assert process.returncode == 0
     rows = await db.fetchval("SELECT count(*) FROM usage_events WHERE key_id = $1", key["id"])
     assert rows == 20  # the workers drained the ledger on the way out
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    amounts=st.lists(
+        st.one_of(
+            st.floats(min_value=0, max_value=400, allow_nan=False),
+            st.sampled_from([*DURATION_BUCKETS, 0.0]),  # on a bound: that bucket, as the library
+        ),
+        max_size=40,
+    ),
+    flush_at=st.integers(0, 40),
+)
+def test_held_observations_land_in_the_buckets_the_library_would_use(
+    amounts: list[float], flush_at: int
+) -> None:
+    held_metrics, direct_metrics = Metrics(), Metrics()
+    held, direct = held_metrics.duration.held(CHAT), direct_metrics.duration.labels(CHAT)
+    for i, amount in enumerate(amounts):
+        held.observe(amount)
+        direct.observe(amount)
+        if i == flush_at:  # a flush in the middle changes nothing either
+            held_metrics.flush()
+    got, want = (samples(m.exposition().decode()) for m in (held_metrics, direct_metrics))
+    name = "spendgate_request_duration_seconds"
+    assert {k: v for k, v in got.items() if k[0].startswith(name + "_bucket")} == {
+        k: v for k, v in want.items() if k[0].startswith(name + "_bucket")
+    }
+    assert value(got, name + "_sum", route=CHAT) == pytest.approx(
+        value(want, name + "_sum", route=CHAT)
+    )
+
+
+def test_held_counts_reach_the_exposition() -> None:
+    metrics = Metrics()
+    metrics.spend.held("p", "m", "prj").inc(0.25)
+    metrics.spend.held("p", "m", "prj").inc(0.5)
+    found = samples(metrics.exposition().decode())
+    assert value(found, "spendgate_spend_usd_total", provider="p", model="m", project="prj") == 0.75
