@@ -46,7 +46,7 @@ BACKOFF_MIN: Final = 0.1
 BACKOFF_MAX: Final = 2.0
 # Events parsed between two yields to the event loop (~2 µs each): a round's work must
 # not hold up the requests in flight for more than a fraction of a millisecond at a time.
-PARSE_SLICE = 64
+PARSE_SLICE = 16
 
 # The batch goes as one JSON array of rows ([request_id, created_at, ...], UsageEvent's
 # fields), in the order the rows are to be inserted: one parameter to encode instead of 13
@@ -102,7 +102,7 @@ class UsageWriter:
         prefix: str,
         buckets: int,
         consumer: str,
-        flush_interval: float = 0.25,
+        flush_interval: float = 0.1,
         batch_size: int = 500,
         claim_idle_ms: int = 30_000,
     ) -> None:
