@@ -26,7 +26,7 @@ import asyncio
 import ssl
 import zlib
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any, cast
 from urllib.parse import urlsplit
@@ -135,7 +135,7 @@ class Response:
         self._parts.clear()
         return self._decode(body, final=True)
 
-    async def chunks(self) -> AsyncIterator[bytes]:
+    async def chunks(self) -> AsyncGenerator[bytes, None]:
         """The body as it arrives: what is already here, then the error if it broke off."""
         while True:
             if self._parts:
