@@ -5,23 +5,16 @@ from __future__ import annotations
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from spendgate.enforcement.usage import Usage
+from spendgate.enforcement.usage import UsageEvent as SettledEvent
+from spendgate.storage import usage_events
 from spendgate.storage.usage_events import MalformedEvent, UsageEvent, parse_entry, parse_event
 
-NAMES = [
-    b"request_id",
-    b"created_at",
-    b"key_id",
-    b"project_id",
-    b"model",
-    b"provider",
-    b"prompt_tokens",
-    b"completion_tokens",
-    b"cost",
-    b"status",
-    b"duration_ms",
-    b"billing",
-    b"stream",
-]
+# The names in the order the settle script appends them: what UsageEvent.fields() gives.
+SETTLED = SettledEvent(
+    "req_1", 1, "key_1", "prj_1", "m", "p", Usage(1, 2), 3, 200, 4, "byok", False
+)
+NAMES = [str(name).encode() for name in SETTLED.fields()[::2]]
 NUMBERS = {b"created_at", b"prompt_tokens", b"completion_tokens", b"cost", b"status"}
 NUMBERS |= {b"duration_ms"}
 
@@ -118,3 +111,10 @@ def test_an_entry_as_settle_writes_it() -> None:
     event = parse_entry(VALID)
     assert (event.request_id, event.cost_nano, event.stream) == ("req_1", 41850, True)
     assert event.created_at.timestamp() == 1_764_201_600
+
+
+def test_the_bulk_checks_expect_the_order_settle_writes() -> None:
+    # Were they to differ, every entry would take the field-by-field way: right, but slow.
+    assert usage_events._NAMES == NAMES
+    flat = [str(part).encode() for part in SETTLED.fields()]
+    assert parse_entry(flat) == parse_event(dict(zip(flat[::2], flat[1::2], strict=True)))
