@@ -16,7 +16,8 @@ from typing import Any
 from spendgate.config import Settings
 from spendgate.config.catalog import Provider
 from spendgate.proxy.errors import UpstreamTimeout, UpstreamUnavailable
-from spendgate.proxy.http_client import HttpClient, HttpClientError, Origin, Response
+from spendgate.proxy.http_client import HttpClient, Origin
+from spendgate.proxy.http_connection import HttpClientError, Response
 from spendgate.proxy.mock_provider import MockProvider
 
 MOCK = "mock"

@@ -19,7 +19,8 @@ from pytest_aiohttp import AiohttpServer
 from spendgate.config.catalog import Provider
 from spendgate.proxy import http_client
 from spendgate.proxy.errors import UpstreamUnavailable
-from spendgate.proxy.http_client import MAX_BUFFERED, HttpClient, HttpClientError, Origin, Response
+from spendgate.proxy.http_client import HttpClient, Origin
+from spendgate.proxy.http_connection import MAX_BUFFERED, HttpClientError, Response
 from spendgate.proxy.upstream import Upstreams
 from tests.proxy.http_servers import (
     LAST_CHUNK,
