@@ -9,6 +9,9 @@ from typing import Any
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from spendgate.enforcement.usage import Usage
+from spendgate.proxy.sse import reported_usage
+
 AdminClient = TestClient[web.Request, web.Application]
 ADMIN_TOKEN = "test-admin-token-0123456789"
 
@@ -80,3 +83,15 @@ class TcpLink:
                 await sink.drain()
         finally:
             sink.close()
+
+
+def usage_of(event: bytes) -> Usage | None:
+    """The usage an SSE chunk reports, as the relay reads it."""
+    report = reported_usage(event)
+    return None if report is None else report[0]
+
+
+def usage_only(event: bytes) -> bool:
+    """Whether an SSE chunk is the usage-only one that `include_usage` adds."""
+    report = reported_usage(event)
+    return report is not None and report[1]

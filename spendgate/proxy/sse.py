@@ -145,21 +145,10 @@ def _value_start(event: bytes, after_key: int) -> int:
     return i
 
 
-def chunk_usage(event: bytes) -> Usage | None:
-    """The usage a chunk reports: a non-null, well-formed top-level `usage` object."""
-    chunk = _usage_chunk(event)
-    return None if chunk is None else Usage.from_openai(chunk["usage"])
-
-
-def is_usage_only(event: bytes) -> bool:
-    """The extra chunk `stream_options.include_usage` adds: usage set, no choices."""
-    chunk = _usage_chunk(event)
-    return chunk is not None and not chunk.get("choices")
-
-
 def reported_usage(event: bytes) -> tuple[Usage, bool] | None:
-    """`chunk_usage(event)` and `is_usage_only(event)` with a single parse; None when the
-    chunk reports no usage."""
+    """The usage a chunk reports (a non-null, well-formed top-level `usage` object), and
+    whether it is the extra chunk `stream_options.include_usage` adds (usage set, no
+    choices); None when it reports none."""
     chunk = _usage_chunk(event)
     if chunk is None:
         return None
@@ -180,16 +169,8 @@ _OUTPUT_KEYS = (
 )
 
 
-# What `_has_output_value` needs somewhere: an output key, and a value that may be non-empty
-# (a string not closed at once, a list, an object). The regex tries every occurrence of every
-# key, so where it finds none, the key-by-key scan finds none either.
-_MAY_HAVE_OUTPUT = re.compile(
-    b"(?:" + b"|".join(map(re.escape, _OUTPUT_KEYS)) + rb')[ \t]*:[ \t]*(?:"(?!")|[\[{])'
-)
-
-
 # An output key and a non-empty value: a string not closed at once, a list or an object
-# not closed at once (has_content's definition, as one pattern).
+# not closed at once.
 _OUTPUT_VALUE = re.compile(
     b"(?:"
     + b"|".join(map(re.escape, _OUTPUT_KEYS))
@@ -201,8 +182,13 @@ _NON_NULL_USAGE = re.compile(rb'"usage"[ \t]*:[ \t]*(?!null)')
 
 def count_output(events: bytes) -> int:
     """The output values in `events` (whole events): each non-empty content, text, tool
-    calls, refusal or reasoning value. Providers stream one a chunk, about one a token.
-    The byte scan of has_content, over many events in one pass."""
+    calls, refusal or reasoning value. Providers stream one a chunk, about one a token;
+    the role-only first chunk (`"content": ""`), a finish chunk (`"delta": {}`), a
+    usage-only chunk, [DONE] and comments carry none.
+
+    A byte scan in one pass, no parsing: an escaped string value that happens to look like
+    one of these keys cannot fool it (quotes inside strings are escaped), but it trusts the
+    chunks to be OpenAI-shaped."""
     return len(_OUTPUT_VALUE.findall(events))
 
 
@@ -211,50 +197,6 @@ def usage_candidate(events: bytes) -> int:
     events before it report no usage; from the one holding it on, `reported_usage` tells."""
     found = _NON_NULL_USAGE.search(events)
     return -1 if found is None else found.start()
-
-
-def has_content(event: bytes) -> bool:
-    """Whether a chunk delivers output: a non-empty content, text, tool call, refusal or
-    reasoning value. The role-only first chunk (`"content": ""`), a finish chunk
-    (`"delta": {}`), a usage-only chunk, [DONE] and comments do not count.
-
-    A byte scan, no parsing: a chunk whose only output is an escaped string value that
-    happens to look like one of these keys cannot fool it (quotes inside strings are
-    escaped), but it trusts the chunk to be an OpenAI-shaped chunk.
-    """
-    # The usual chunk: its first "content" key (9 bytes) holds a non-empty string.
-    at = event.find(b'"content"')
-    if at >= 0 and event.startswith(b':"', at + 9) and not event.startswith(b'"', at + 11):
-        return True
-    if _MAY_HAVE_OUTPUT.search(event) is None:
-        return False  # in one pass instead of a search for each key
-    return _has_output_value(event)
-
-
-def _has_output_value(event: bytes) -> bool:
-    """The definition the shortcuts above must agree with: an occurrence of an output key
-    (each search resuming past the last one found) followed by a non-empty value."""
-    for key in _OUTPUT_KEYS:
-        at = event.find(key)
-        while at >= 0:
-            value = _value_start(event, at + len(key))
-            if value >= 0 and _non_empty_value(event, value):
-                return True
-            at = event.find(key, at + len(key))
-    return False
-
-
-def _non_empty_value(event: bytes, i: int) -> bool:
-    if i >= len(event):
-        return False
-    first = event[i]
-    if first == 0x22:  # '"': a string, non-empty unless closed at once
-        return event[i + 1 : i + 2] != b'"'
-    if first in b"[{":
-        closing = b"]" if first == 0x5B else b"}"
-        rest = event[i + 1 : i + 64].lstrip(b" \t\r\n")
-        return not rest.startswith(closing)
-    return False  # null, false, numbers
 
 
 def error_event(message: str, type_: str, code: str) -> bytes:

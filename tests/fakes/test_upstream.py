@@ -14,8 +14,9 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from pytest_aiohttp import AiohttpServer
 
 from spendgate.enforcement.usage import Usage
-from spendgate.proxy.sse import DONE, EventSplitter, chunk_usage, has_content, is_usage_only
+from spendgate.proxy.sse import DONE, EventSplitter, count_output
 from tests.fakes.upstream import FakeUpstream
+from tests.helpers import usage_of, usage_only
 
 CHAT_BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
 STREAM_BODY = CHAT_BODY | {"stream": True, "stream_options": {"include_usage": True}}
@@ -75,10 +76,10 @@ async def test_ok_stream_speaks_openai_sse(
 ) -> None:
     events = await stream(session, base_url + "/chat/completions", STREAM_BODY)
     assert events[-1] == DONE
-    assert sum(has_content(event) for event in events) == fake.completion_tokens
+    assert count_output(b"".join(events)) == fake.completion_tokens
     assert all(b'"usage":null' in event for event in events[:-2])
-    assert is_usage_only(events[-2])
-    assert chunk_usage(events[-2]) == Usage(10, 5)
+    assert usage_only(events[-2])
+    assert usage_of(events[-2]) == Usage(10, 5)
     chunks = [ChatCompletionChunk.model_validate_json(event[6:]) for event in events[:-1]]
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == (
         "w0 w1 w2 w3 w4"
@@ -99,7 +100,7 @@ async def test_no_usage_ignores_include_usage(
     fake.mode = "no_usage"
     events = await stream(session, base_url + "/chat/completions", STREAM_BODY)
     assert events[-1] == DONE
-    assert sum(has_content(event) for event in events) == 5
+    assert count_output(b"".join(events)) == 5
     assert not any(b'"usage"' in event for event in events)
     status, body = await post(session, base_url + "/chat/completions", CHAT_BODY)
     assert status == 200 and "usage" not in body
@@ -137,7 +138,7 @@ async def test_malformed_json(
     events = await stream(session, base_url + "/chat/completions", STREAM_BODY)
     assert events[-1] == DONE
     assert b'"usage"' in events[-2]
-    assert chunk_usage(events[-2]) is None  # not valid JSON
+    assert usage_of(events[-2]) is None  # not valid JSON
 
 
 async def test_cut_stream_drops_the_connection_before_done(
@@ -151,9 +152,9 @@ async def test_cut_stream_drops_the_connection_before_done(
         with pytest.raises(aiohttp.ClientPayloadError):
             async for piece in resp.content.iter_any():
                 events += splitter.feed(piece)
-    assert sum(has_content(event) for event in events) == 3
+    assert count_output(b"".join(events)) == 3
     assert len(events) == 4  # the role chunk and three content chunks, no [DONE]
-    assert not any(chunk_usage(event) for event in events)
+    assert not any(usage_of(event) for event in events)
 
 
 async def test_cut_json_body(
@@ -205,8 +206,8 @@ async def test_completions_embeddings_and_models(
     events = await stream(
         session, base_url + "/completions", {"model": "m", "prompt": "x"} | STREAM_BODY
     )
-    assert sum(has_content(event) for event in events) == 5
-    assert chunk_usage(events[-2]) == Usage(10, 5)
+    assert count_output(b"".join(events)) == 5
+    assert usage_of(events[-2]) == Usage(10, 5)
 
     status, body = await post(
         session, base_url + "/embeddings", {"model": "e", "input": ["a", "b"]}

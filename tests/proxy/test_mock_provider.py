@@ -17,7 +17,8 @@ from pytest_aiohttp import AiohttpServer
 
 from spendgate.enforcement.usage import Usage
 from spendgate.proxy.mock_provider import MockProvider, MockReply
-from spendgate.proxy.sse import DONE, EventSplitter, chunk_usage, has_content, is_usage_only
+from spendgate.proxy.sse import DONE, EventSplitter, count_output
+from tests.helpers import usage_of, usage_only
 
 CHAT = "/chat/completions"
 
@@ -213,11 +214,11 @@ async def test_a_stream_matches_the_json_answer(n: int, max_tokens: int | None) 
     events = await events_of(await provider.handle(CHAT, streamed))
 
     tokens = max_tokens or 16
-    assert sum(has_content(event) for event in events) == tokens * n  # a chunk per token
+    assert count_output(b"".join(events)) == tokens * n  # a chunk per token
     assert events[-1] == DONE
-    assert [is_usage_only(event) for event in events[:-1]] == [False] * (len(events) - 2) + [True]
+    assert [usage_only(event) for event in events[:-1]] == [False] * (len(events) - 2) + [True]
     usage = whole["usage"]
-    assert chunk_usage(events[-2]) == Usage(usage["prompt_tokens"], usage["completion_tokens"])
+    assert usage_of(events[-2]) == Usage(usage["prompt_tokens"], usage["completion_tokens"])
     assert usage["completion_tokens"] == tokens * n
     expected = {choice["index"]: choice["message"]["content"] for choice in whole["choices"]}
     assert content_of(events) == expected
@@ -239,7 +240,7 @@ async def test_chunks_carry_usage_null_only_when_usage_was_asked() -> None:
     with_usage = await events_of(await provider.handle(CHAT, asked))
     assert len(with_usage) == len(plain) + 1
     assert all(b'"usage":null' in event for event in with_usage[:-2])
-    assert is_usage_only(with_usage[-2])
+    assert usage_only(with_usage[-2])
     not_asked = body | {"stream_options": {"include_usage": False}}
     assert len(await events_of(await provider.handle(CHAT, not_asked))) == len(plain)
 
@@ -255,9 +256,9 @@ async def test_completion_stream() -> None:
     assert {chunk["object"] for chunk in chunks} == {"text_completion"}
     assert "".join(c["choices"][0]["text"] for c in chunks if c["choices"]) == "say this say"
     assert [c["choices"][0]["finish_reason"] for c in chunks[:-1]] == [None] * 3 + ["length"]
-    assert sum(has_content(event) for event in events) == 3
-    assert chunk_usage(events[-2]) == Usage(2, 3)
-    assert is_usage_only(events[-2])
+    assert count_output(b"".join(events)) == 3
+    assert usage_of(events[-2]) == Usage(2, 3)
+    assert usage_only(events[-2])
 
 
 # --- wire compatibility through the official SDK ---------------------------------------------
@@ -443,9 +444,9 @@ async def test_any_json_body_gets_an_answer_never_an_exception(call: tuple[str, 
         assert events[-1] == DONE
         for event in events[:-1]:
             assert isinstance(orjson.loads(event[6:]), dict)
-        usage = chunk_usage(events[-2])
+        usage = usage_of(events[-2])
         if usage is not None:  # include_usage: one content chunk per completion token
-            assert sum(has_content(event) for event in events) == usage.completion_tokens
+            assert count_output(b"".join(events)) == usage.completion_tokens
         return
     answer = await json_of(reply)
     usage_object = answer["usage"]

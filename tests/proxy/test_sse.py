@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 import pytest
-from hypothesis import example, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from spendgate.enforcement.usage import Usage
@@ -17,14 +17,14 @@ from spendgate.proxy.relay import _Tally
 from spendgate.proxy.sse import (
     DONE,
     EventSplitter,
-    chunk_usage,
+    count_output,
     error_event,
     event_data,
-    has_content,
     is_done,
-    is_usage_only,
     reported_usage,
+    usage_candidate,
 )
+from tests.helpers import usage_of, usage_only
 
 # --- building streams ----------------------------------------------------------------------
 
@@ -250,8 +250,8 @@ def test_is_done(event: bytes, done: bool) -> None:
 
 
 def test_the_usage_chunk_reports_usage_with_cached_tokens() -> None:
-    assert chunk_usage(USAGE_CHUNK) == Usage(12, 7, 4)
-    assert is_usage_only(USAGE_CHUNK)
+    assert usage_of(USAGE_CHUNK) == Usage(12, 7, 4)
+    assert usage_only(USAGE_CHUNK)
 
 
 def usage_null_variants() -> list[bytes]:
@@ -269,8 +269,8 @@ def usage_null_variants() -> list[bytes]:
 @pytest.mark.parametrize("event", usage_null_variants())
 def test_usage_null_is_no_usage(event: bytes) -> None:
     assert b"null" in event
-    assert chunk_usage(event) is None
-    assert not is_usage_only(event)
+    assert usage_of(event) is None
+    assert not usage_only(event)
 
 
 @pytest.mark.parametrize(
@@ -282,30 +282,30 @@ def test_usage_null_is_no_usage(event: bytes) -> None:
 )
 def test_usage_chunk_in_other_json_layouts(text: str) -> None:
     event = b"".join(b"data: " + line.encode() + b"\n" for line in text.splitlines()) + b"\n"
-    assert chunk_usage(event) == Usage(12, 7, 4)
-    assert is_usage_only(event)
+    assert usage_of(event) == Usage(12, 7, 4)
+    assert usage_only(event)
 
 
 def test_usage_on_a_chunk_that_still_has_choices() -> None:
     # Some providers put usage on the last content or finish chunk instead of a chunk of its own.
     event = chunk({"content": "end"}, "stop", usage=USAGE)
-    assert chunk_usage(event) == Usage(12, 7, 4)
-    assert not is_usage_only(event)
+    assert usage_of(event) == Usage(12, 7, 4)
+    assert not usage_only(event)
 
 
 def test_usage_only_without_a_choices_key() -> None:
     event = sse({"id": "c", "usage": USAGE})
-    assert is_usage_only(event)
-    assert chunk_usage(event) == Usage(12, 7, 4)
+    assert usage_only(event)
+    assert usage_of(event) == Usage(12, 7, 4)
 
 
 def test_the_word_usage_inside_content_is_not_usage() -> None:
     fake = '"usage": {"prompt_tokens": 5, "completion_tokens": 5}'
     event = chunk({"content": fake}, usage=None)
-    assert chunk_usage(event) is None
-    assert not is_usage_only(event)
+    assert usage_of(event) is None
+    assert not usage_only(event)
     # ...and the real usage after such content is still found
-    assert chunk_usage(sse({"choices": [], "x": fake, "usage": USAGE})) == Usage(12, 7, 4)
+    assert usage_of(sse({"choices": [], "x": fake, "usage": USAGE})) == Usage(12, 7, 4)
 
 
 @pytest.mark.parametrize(
@@ -320,13 +320,13 @@ def test_the_word_usage_inside_content_is_not_usage() -> None:
     ],
 )
 def test_malformed_or_misplaced_usage_is_none(event: bytes) -> None:
-    assert chunk_usage(event) is None
+    assert usage_of(event) is None
 
 
 def test_content_chunks_are_neither_usage_nor_usage_only() -> None:
     for event in (chunk({"content": "x"}), chunk({"role": "assistant", "content": ""}), DONE):
-        assert chunk_usage(event) is None
-        assert not is_usage_only(event)
+        assert usage_of(event) is None
+        assert not usage_only(event)
 
 
 def test_only_a_chunk_that_may_carry_usage_is_parsed(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -349,16 +349,16 @@ def test_only_a_chunk_that_may_carry_usage_is_parsed(monkeypatch: pytest.MonkeyP
         DONE,
     ]
     for event in stream:
-        assert chunk_usage(event) is None
-        assert not is_usage_only(event)
-        has_content(event)
+        assert usage_of(event) is None
+        assert not usage_only(event)
+        count_output(event)
         is_done(event)
     assert parsed == []
-    assert chunk_usage(USAGE_CHUNK) is not None
+    assert usage_of(USAGE_CHUNK) is not None
     assert len(parsed) == 1
 
 
-# --- has_content ---------------------------------------------------------------------------
+# --- count_output --------------------------------------------------------------------------
 
 
 def completion_chunk(text: str, finish: str | None = None) -> bytes:
@@ -398,14 +398,14 @@ TOOL_CALL = {"index": 0, "id": "call_1", "type": "function", "function": {"name"
         (error_event("boom", "api_error", "upstream_unavailable"), False),
     ],
 )
-def test_has_content(event: bytes, delivers: bool) -> None:
-    assert has_content(event) is delivers
+def test_count_output(event: bytes, delivers: bool) -> None:
+    assert count_output(event) == int(delivers)
 
 
-def test_has_content_looks_past_a_string_that_names_a_key() -> None:
+def test_count_output_looks_past_a_string_that_names_a_key() -> None:
     # a content value equal to "content" is a value, not a key
-    assert has_content(chunk({"role": "assistant", "content": "content"}))
-    assert not has_content(sse({"choices": [{"delta": {"role": "content", "content": ""}}]}))
+    assert count_output(chunk({"role": "assistant", "content": "content"})) == 1
+    assert count_output(sse({"choices": [{"delta": {"role": "content", "content": ""}}]})) == 0
 
 
 # Text that may mislead a byte scan: quotes, key names, JSON fragments.
@@ -498,22 +498,32 @@ key_soup = st.lists(
 ).map(lambda parts: b"data: " + b"".join(parts) + b"\n\n")
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=500, deadline=None)
 @given(event=openai_events() | key_soup)
-@example(event=b'data: {"content"content":"x"}\n\n')  # the scan skips an overlapping key
-@example(event=b'data: {"content":"","text":"x"}\n\n')
-@example(event=b'data: {"content" : "x","tool_calls":[ ]}\n\n')
-def test_has_content_agrees_with_the_key_by_key_scan(event: bytes) -> None:
-    # has_content answers most chunks by a shortcut; the full scan is the definition.
-    assert has_content(event) is sse_module._has_output_value(event)
+def test_usage_is_never_missed_by_the_search_for_candidates(event: bytes) -> None:
+    # The relay parses only from the first candidate on: none must mean no usage.
+    if usage_candidate(event) < 0:
+        assert reported_usage(event) is None
 
 
 @settings(max_examples=300, deadline=None)
-@given(event=openai_events() | key_soup)
-def test_reported_usage_is_chunk_usage_and_is_usage_only(event: bytes) -> None:
-    usage = chunk_usage(event)
-    expected = None if usage is None else (usage, is_usage_only(event))
-    assert reported_usage(event) == expected
+@given(event=openai_events())
+def test_count_output_agrees_with_parsing(event: bytes) -> None:
+    assert count_output(event) == parsed_output_values(event)
+
+
+@pytest.mark.parametrize(
+    ("event", "values"),
+    [
+        (b'data: {"content"content":"x"}\n\n', 1),  # an overlapping key: the second counts
+        (b'data: {"content":"","text":"x"}\n\n', 1),
+        (b'data: {"content" : "x","tool_calls":[ ]}\n\n', 1),
+        (b'data: {"tool_calls":[\n]}\n\n', 0),
+        (sse({"choices": [{"delta": {"content": "a"}}, {"delta": {"content": "b"}}]}), 2),
+    ],
+)
+def test_count_output_of_odd_layouts(event: bytes, values: int) -> None:
+    assert count_output(event) == values
 
 
 # --- the relay's tally ---------------------------------------------------------------------
@@ -579,7 +589,7 @@ def test_the_tally_of_any_split_matches_an_event_by_event_reference(
     # whole events only: an event is never relayed in part before it is complete
     assert all(piece.endswith((b"\n\n", b"\n\r\n")) for piece in pieces if piece)
     assert tally.remainder() == b""
-    usages = [chunk_usage(event) for event in stream]
+    usages = [usage_of(event) for event in stream]
     assert tally.usage == next((usage for usage in reversed(usages) if usage is not None), None)
     if tally.usage is None:  # else the output values are not needed, nor counted
         assert tally.content == sum(parsed_output_values(event) for event in stream)
