@@ -208,13 +208,9 @@ class Metrics:
         )
         self._seen: dict[str, int] = {}
         self._held = _Held()
-        for metric in (self.requests, self.spend, self.tokens, self.limit_rejections):
-            metric.holder = self._held
-        for metric in (self.iam_denials, self.ledger_writes, self.key_cache):
-            metric.holder = self._held
-        for histogram in (self.duration, self.overhead, self.upstream_duration):
-            histogram.holder = self._held
-        self.upstream_ttfb.holder = self._held
+        for metric in list(vars(self).values()):  # every held metric, new ones included
+            if isinstance(metric, HeldCounter | HeldHistogram):
+                metric.holder = self._held
 
     def charged(self, event: UsageEvent) -> None:
         provider, model = event.provider, event.model
