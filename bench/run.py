@@ -20,6 +20,8 @@ number. Knobs (environment, or `make bench VAR=...`):
     KEYS=10        API keys the load is spread over
     SCALE=1        also measure with 1,000,000 keys in Redis and Postgres (SCALE_KEYS=N)
     LOADGEN=python use the Python load generator even when wrk is installed
+    ONLY=latency   run only these scenarios (comma-separated: json, sse, latency,
+                   workers, scale; scale also needs SCALE=1)
 
 Servers: the machine's Redis (127.0.0.1:6379) and PostgreSQL
 (postgresql://postgres@127.0.0.1:5432) when they answer, else embedded ones in a temporary
@@ -49,6 +51,7 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -87,7 +90,9 @@ KNOBS = (
     "SCALE",
     "SCALE_KEYS",
     "LOADGEN",
+    "ONLY",
 )
+SCENARIOS = ("json", "sse", "latency", "workers", "scale")
 TARGETS = {
     "rps_ratio": 0.75,
     "cpu_ratio": 1.35,
@@ -134,6 +139,7 @@ class Config:
     scale: bool
     scale_keys: int
     force_python: bool
+    only: frozenset[str]
 
     @classmethod
     def from_env(cls) -> Config:
@@ -142,6 +148,9 @@ class Config:
         warmup = _env_int("WARMUP", 1 if quick else 2)
         if duration < 1 or warmup < 0:
             raise BenchError("DURATION must be >= 1 and WARMUP >= 0 (seconds)")
+        only = frozenset(n.strip() for n in os.environ.get("ONLY", "").split(",") if n.strip())
+        if only - set(SCENARIOS):
+            raise BenchError(f"ONLY takes scenarios among {', '.join(SCENARIOS)}")
         return cls(
             quick=quick,
             duration=duration,
@@ -154,6 +163,7 @@ class Config:
             scale=_env_flag("SCALE"),
             scale_keys=_env_int("SCALE_KEYS", 1_000_000),
             force_python=os.environ.get("LOADGEN", "").strip().lower() == "python",
+            only=only or frozenset(SCENARIOS),
         )
 
     def knobs(self) -> str:
@@ -1344,12 +1354,16 @@ def run(config: Config, stack: ExitStack, report: Report) -> None:
         keys,
         servers,
     )
-    attempt(s, "JSON chat", lambda: scenario_json(s))
-    attempt(s, "SSE chat", lambda: scenario_sse(s))
-    attempt(s, f"Latency at {config.rate} requests/s", lambda: scenario_latency(s))
-    attempt(s, "Two workers vs one", lambda: scenario_workers(s))
-    if config.scale:
-        attempt(s, "Key-count scaling", lambda: scenario_scale(s))
+    scenarios: dict[str, tuple[str, Callable[[Session], None]]] = {
+        "json": ("JSON chat", scenario_json),
+        "sse": ("SSE chat", scenario_sse),
+        "latency": (f"Latency at {config.rate} requests/s", scenario_latency),
+        "workers": ("Two workers vs one", scenario_workers),
+        "scale": ("Key-count scaling", scenario_scale),
+    }
+    for name, (title, scenario) in scenarios.items():
+        if name in config.only and (name != "scale" or config.scale):
+            attempt(s, title, partial(scenario, s))
 
     problems = log_problems(logs)
     if problems:
