@@ -3,17 +3,48 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 from datetime import datetime, timedelta
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from spendgate.config import Settings
 from spendgate.enforcement.usage import Usage
 from spendgate.proxy.sse import reported_usage
 
 AdminClient = TestClient[web.Request, web.Application]
 ADMIN_TOKEN = "test-admin-token-0123456789"
+
+
+def serve_env(settings: Settings, port: int, **more: str) -> dict[str, str]:
+    """The environment of a `spendgate serve` subprocess on the test's servers and prefix:
+    this one's, without any SPENDGATE_ setting of the caller's, plus `more`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SPENDGATE_")}
+    env.update(
+        SPENDGATE_DATABASE_URL=str(settings.database_url),
+        SPENDGATE_REDIS_URL=str(settings.redis_url),
+        SPENDGATE_REDIS_PREFIX=settings.redis_prefix,
+        SPENDGATE_ADMIN_TOKEN=ADMIN_TOKEN,
+        SPENDGATE_PORT=str(port),
+        SPENDGATE_LOG_LEVEL="warning",
+    )
+    env.update(more)
+    return env
+
+
+async def answering(http: aiohttp.ClientSession, path: str) -> None:
+    """Wait until `path` answers 200: a server starting in another process."""
+    async with asyncio.timeout(30):
+        while True:
+            with contextlib.suppress(aiohttp.ClientConnectionError):
+                async with http.get(path) as answer:
+                    if answer.status == 200:
+                        return
+            await asyncio.sleep(0.1)
 
 
 class FakeClock:

@@ -45,11 +45,17 @@ T = TypeVar("T")
 
 
 def create_app(
-    settings: Settings, clock: Clock | None = None, catalog: Catalog | None = None
+    settings: Settings,
+    clock: Clock | None = None,
+    catalog: Catalog | None = None,
+    *,
+    write_ledger: bool = True,
 ) -> web.Application:
     """The whole gateway as one aiohttp application. `settings` must name the servers
     (`spendgate serve` fills in the embedded ones) and the admin token. The catalog is
-    read from the providers file unless given."""
+    read from the providers file unless given. With `write_ledger`, the usage writer runs
+    on this application's loop; `spendgate serve` runs it in a process of its own instead
+    (ledger_process.py), and its workers use theirs only for the backlog gauge."""
     if settings.database_url is None or settings.redis_url is None:
         raise ValueError("create_app needs database_url and redis_url")
     if settings.admin_token is None:
@@ -132,7 +138,8 @@ def create_app(
                 async with asyncio.timeout(2):
                     await listening.wait()
             settler.start()
-            await writer.start()
+            if write_ledger:
+                await writer.start()
             flusher = asyncio.create_task(metrics.flush_every(), name="metrics-flush")
             try:
                 yield

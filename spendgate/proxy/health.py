@@ -57,8 +57,7 @@ class Health:
 
     async def scrape(self, request: web.Request) -> web.Response:
         m = self.metrics
-        m.catch_up("ledger_ok", self.writer.writes_ok, m.ledger_writes.held("ok"))
-        m.catch_up("ledger_error", self.writer.writes_failed, m.ledger_writes.held("error"))
+        m.count_ledger_writes(self.writer.writes_ok, self.writer.writes_failed)
         m.catch_up("cache_hit", self.directory.hits, m.key_cache.held("hit"))
         m.catch_up("cache_miss", self.directory.misses, m.key_cache.held("miss"))
         try:

@@ -229,6 +229,11 @@ class Metrics:
             counter.inc(delta)
         self._seen[name] = total
 
+    def count_ledger_writes(self, ok: int, failed: int) -> None:
+        """Catch up with a usage writer's running totals of batch writes."""
+        self.catch_up("ledger_ok", ok, self.ledger_writes.held("ok"))
+        self.catch_up("ledger_error", failed, self.ledger_writes.held("error"))
+
     def flush(self) -> None:
         """Apply the held values to the library's (this process's file, with workers)."""
         self._held.flush()

@@ -4,11 +4,13 @@ HTTP listener. `spendgate serve` and `spendgate migrate` call into here."""
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import gc
 import logging
 import os
 import secrets
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -24,12 +26,15 @@ except ImportError:  # not on Windows
 
 from spendgate.config import Settings
 from spendgate.proxy.app import create_app
+from spendgate.proxy.ledger_process import run_ledger
 from spendgate.proxy.logs import configure_logging
 from spendgate.storage.embedded import start_postgres, start_valkey
 from spendgate.storage.postgres import create_pool, migrate
 
 log = logging.getLogger(__name__)
 ADMIN_TOKEN_FILE = "admin_token"
+WORKER, LEDGER = "worker", "ledger process"
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def say(message: str) -> None:
@@ -77,9 +82,10 @@ def admin_token_path(data_dir: Path) -> Path:
 
 
 def serve(settings: Settings) -> None:
-    """Run the gateway: one process, or `workers` pre-forked processes sharing the port
-    through SO_REUSEPORT (default: one per core). The embedded servers, if any, and the
-    migrations belong to the parent; the workers only serve."""
+    """Run the gateway: `workers` pre-forked processes sharing the port through SO_REUSEPORT
+    (default: one per core) and the ledger process (ledger_process.py), under a supervisor
+    that replaces any that dies. The embedded servers, if any, and the migrations belong to
+    the supervisor; the workers only serve."""
     configure_logging(settings.log_level)
     workers = settings.workers or os.cpu_count() or 1
     with ExitStack() as stack:
@@ -89,18 +95,16 @@ def serve(settings: Settings) -> None:
             say(f"database migrated: {', '.join(applied)}")
         say(
             f"listening on http://{settings.host}:{settings.port} (admin API at /admin/v1),"
-            f" {workers} worker{'s' if workers > 1 else ''}"
+            f" {workers} worker{'s' if workers > 1 else ''} and the ledger writer"
         )
-        if workers == 1:
-            _run_worker(settings, reuse_port=False)
-            return
+        # Every process's metrics in a file of its own, summed at each scrape.
         metrics_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="spendgate-metrics-"))
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
         _supervise(settings, workers)
 
 
 def _run_worker(settings: Settings, *, reuse_port: bool) -> None:
-    app = create_app(settings)
+    app = create_app(settings, write_ledger=False)
     app.on_startup.append(_freeze_startup_objects)  # after the resources' start-up
     web.run_app(
         app,
@@ -128,53 +132,80 @@ def _new_loop() -> asyncio.AbstractEventLoop:
 
 
 def _supervise(settings: Settings, workers: int) -> None:
-    """Fork the workers, replace any that dies, and pass SIGTERM/SIGINT on to them."""
-    children: set[int] = set()
+    """Fork the workers and the ledger process, replace any that dies, and pass SIGTERM and
+    SIGINT on: to the workers first, to the ledger process once they have all exited (it
+    then writes what their last settles appended)."""
+    supervisor = os.getpid()
+    # The same name for every ledger process of this supervisor: one started after another
+    # died reads the entries pending for its predecessor first.
+    consumer = f"{socket.gethostname()}-{supervisor}-ledger"
+    children: dict[int, str] = {}  # pid -> WORKER or LEDGER
     stopping = False
 
-    def spawn() -> None:
+    def spawn(role: str) -> None:
         pid = os.fork()
-        if pid == 0:  # the worker: serve until told to stop, skip the parent's clean-up
+        if pid == 0:  # the child: run until told to stop, skip the supervisor's clean-up
             code = 0
             try:
-                signal.signal(signal.SIGINT, signal.SIG_DFL)
-                _run_worker(settings, reuse_port=True)
+                _die_with(supervisor)
+                if role == WORKER:
+                    signal.signal(signal.SIGINT, signal.SIG_DFL)
+                    _run_worker(settings, reuse_port=workers > 1)
+                else:
+                    run_ledger(settings, consumer, _new_loop())
             except BaseException:
-                log.exception("worker %d failed", os.getpid())
+                log.exception("%s %d failed", role, os.getpid())
                 code = 1
             finally:
                 logging.shutdown()
                 os._exit(code)
-        children.add(pid)
+        children[pid] = role
         if stopping:  # SIGTERM came while this one was being forked
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+    def terminate(role: str) -> None:
+        for pid in [pid for pid, of in children.items() if of == role]:
             with suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
 
     def stop(signum: int, frame: object) -> None:
         nonlocal stopping
         stopping = True
-        for pid in children:
-            with suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
+        terminate(WORKER if WORKER in children.values() else LEDGER)
 
     previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
+        spawn(LEDGER)
         for _ in range(workers):
-            spawn()
+            spawn(WORKER)
         while children:
             try:
                 pid, status = os.wait()
             except ChildProcessError:
                 break
-            children.discard(pid)
-            if not stopping:
-                log.error("worker %d exited (status %d); starting another", pid, status)
-                time.sleep(0.5)
-                if not stopping:  # SIGTERM may have come during the pause
-                    spawn()
+            role = children.pop(pid)
+            if stopping:
+                if WORKER not in children.values():  # the last worker is gone: drain
+                    terminate(LEDGER)
+                continue
+            log.error("%s %d exited (status %d); starting another", role, pid, status)
+            time.sleep(0.5)
+            if not stopping:  # SIGTERM may have come during the pause
+                spawn(role)
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+def _die_with(supervisor: int) -> None:
+    """A child whose supervisor is killed outright (SIGKILL, the OOM killer) must not serve
+    on unsupervised, nor stay behind holding the port: on Linux, the kernel kills it too."""
+    if sys.platform == "linux":
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != supervisor:  # it died before prctl took effect
+        os._exit(1)
 
 
 def run_migrations(settings: Settings) -> list[str]:

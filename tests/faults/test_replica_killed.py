@@ -48,7 +48,8 @@ LIMIT = 2 * FAKE_COST + IN_FLIGHT * RESERVED_EACH
 
 
 class Replica:
-    """`spendgate serve --workers 1` in a process of its own, killed by the test."""
+    """`spendgate serve --workers 1` in a process tree of its own (the supervisor, its
+    worker and its ledger process), killed by the test."""
 
     def __init__(self, process: asyncio.subprocess.Process, port: int, log: Path) -> None:
         self.process = process
@@ -157,20 +158,28 @@ async def test_a_killed_replica_holds_no_budget_charges_nothing_unfinished_and_l
     fake.mode, fake.delay = "slow_stream", 30.0
     streams = aiohttp.ClientSession(replica.url, headers=auth)
     killed = []
+    flowing: list[aiohttp.ClientResponse] = []
     try:
         for _ in range(IN_FLIGHT):
-            flowing = await streams.post(
+            reply = await streams.post(
                 "/v1/chat/completions", json={"model": "fake/m1", "messages": HI, "stream": True}
             )
-            assert flowing.status == 200
-            await flowing.content.readuntil(b"\n\n")  # admitted, forwarded, flowing
-            killed.append(flowing.headers["x-request-id"])
+            flowing.append(reply)
+            assert reply.status == 200
+            await reply.content.readuntil(b"\n\n")  # admitted, forwarded, flowing
+            killed.append(reply.headers["x-request-id"])
         held = await spend_state(raw_redis, redis_prefix, key["id"])
         assert sorted(held.reservations) == sorted(killed)
         assert held.reserved == IN_FLIGHT * RESERVED_EACH
-        replica.process.kill()
+        replica.process.kill()  # the supervisor: its worker and ledger process die with it
         assert await replica.process.wait() == -9
+        async with asyncio.timeout(5):
+            for reply in flowing:  # cut off, not left running by an orphaned worker
+                with pytest.raises(aiohttp.ClientPayloadError):
+                    await reply.read()
     finally:
+        for reply in flowing:
+            reply.release()
         await streams.close()
     fake.mode = "ok"
 

@@ -4,7 +4,6 @@ and summed over two worker processes; `/healthz` and `/readyz`."""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import socket
 import sys
@@ -23,7 +22,7 @@ from spendgate.config import Settings
 from spendgate.enforcement.money import format_usd
 from spendgate.enforcement.tokens import generate_token
 from spendgate.proxy.metrics import DURATION_BUCKETS, FLUSH_EVERY, Metrics
-from tests.helpers import ADMIN_TOKEN, TcpLink, call
+from tests.helpers import ADMIN_TOKEN, TcpLink, answering, call, serve_env
 from tests.proxy.conftest import FakeGatewayFactory, Gateway, GatewayFactory, ledger
 
 HI: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
@@ -156,16 +155,7 @@ async def test_two_workers_report_the_totals_of_both(
     settings: Settings, db: asyncpg.Connection, raw_redis: Any
 ) -> None:
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SPENDGATE_")}
-    env.update(
-        SPENDGATE_DATABASE_URL=str(settings.database_url),
-        SPENDGATE_REDIS_URL=str(settings.redis_url),
-        SPENDGATE_REDIS_PREFIX=settings.redis_prefix,
-        SPENDGATE_ADMIN_TOKEN=ADMIN_TOKEN,
-        SPENDGATE_PORT=str(port),
-        SPENDGATE_WORKERS="2",
-        SPENDGATE_LOG_LEVEL="warning",
-    )
+    env = serve_env(settings, port, SPENDGATE_WORKERS="2")
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "spendgate", "serve", env=env, stderr=asyncio.subprocess.DEVNULL
     )
@@ -175,14 +165,7 @@ async def test_two_workers_report_the_totals_of_both(
         # A new connection per request, so the kernel spreads them over both workers.
         connector = aiohttp.TCPConnector(force_close=True)
         async with aiohttp.ClientSession(base, connector=connector) as http:
-            async with asyncio.timeout(30):
-                while True:
-                    try:
-                        async with http.get("/healthz") as ok:
-                            if ok.status == 200:
-                                break
-                    except aiohttp.ClientConnectionError:
-                        await asyncio.sleep(0.1)
+            await answering(http, "/healthz")
             async with http.post(
                 "/admin/v1/projects", json={"name": "p"}, headers=admin_headers
             ) as created:

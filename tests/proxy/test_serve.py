@@ -1,8 +1,10 @@
-"""`spendgate serve` with nothing configured: embedded servers, a generated admin token."""
+"""`spendgate serve`: with nothing configured (embedded servers, a generated admin token),
+and its ledger process."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -10,6 +12,15 @@ import sys
 from pathlib import Path
 
 import aiohttp
+import asyncpg
+import openai
+from openai.types.chat import ChatCompletionMessageParam
+
+from spendgate.config import Settings
+from tests.gateway_fixtures import ledger
+from tests.helpers import ADMIN_TOKEN, answering, serve_env
+
+HI: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
 
 
 def free_port() -> int:
@@ -62,8 +73,80 @@ async def test_serve_starts_embedded_servers_and_serves_the_admin_api(tmp_path: 
                 assert response.status == 201
                 assert (await response.json())["key"].startswith("sgk_")
     finally:
-        if process.returncode is None:
-            process.send_signal(signal.SIGTERM)
-        async with asyncio.timeout(60):
-            await process.wait()
+        await stopped(process)
     assert process.returncode == 0
+
+
+async def stopped(process: asyncio.subprocess.Process) -> None:
+    """SIGTERM unless it has exited, then wait for it (a drain takes seconds at most)."""
+    if process.returncode is None:
+        process.send_signal(signal.SIGTERM)
+    async with asyncio.timeout(60):
+        await process.wait()
+
+
+def children_by_niceness(pid: int) -> dict[int, int]:
+    """The direct children of `pid` with their niceness (proc(5): stat field 19)."""
+    found = {}
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        with contextlib.suppress(OSError):
+            stat = Path(f"/proc/{child}/stat").read_text()
+            found[int(child)] = int(stat[stat.rindex(")") + 2 :].split()[16])
+    return found
+
+
+async def test_the_ledger_process_writes_restarts_and_drains_after_the_workers(
+    settings: Settings, db: asyncpg.Connection
+) -> None:
+    """`serve` runs the usage writer in a niced process of its own: it writes what the
+    worker settles, is replaced when it dies, and at SIGTERM drains only once the worker has
+    finished its last request."""
+    port = free_port()
+    env = serve_env(settings, port, SPENDGATE_WORKERS="1", SPENDGATE_MOCK_LATENCY_MS="1500")
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "spendgate", "serve", env=env, stderr=asyncio.subprocess.DEVNULL
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        async with aiohttp.ClientSession(base, headers=admin) as http:
+            await answering(http, "/readyz")
+            async with http.post("/admin/v1/projects", json={"name": "p"}) as created:
+                project = await created.json()
+            path = f"/admin/v1/projects/{project['id']}/keys"
+            async with http.post(path, json={"name": "k"}) as created:
+                key = await created.json()
+        client = openai.AsyncOpenAI(api_key=key["key"], base_url=base + "/v1", max_retries=0)
+
+        async def chat() -> str:
+            answer = await client.chat.completions.with_raw_response.create(
+                model="mock/echo-1", messages=HI
+            )
+            return answer.headers["x-request-id"]
+
+        first = await asyncio.gather(chat(), chat())
+        assert sorted(r["request_id"] for r in await ledger(db, key["id"], 2)) == sorted(first)
+
+        nice = children_by_niceness(process.pid)
+        assert sorted(nice.values()) == [0, 10]  # the worker, the ledger process
+        (writer,) = [pid for pid, level in nice.items() if level == 10]
+        os.kill(writer, signal.SIGKILL)
+        async with asyncio.timeout(10):
+            while writer in (nice := children_by_niceness(process.pid)) or 10 not in nice.values():
+                await asyncio.sleep(0.05)
+        second = await chat()  # written by the new ledger process
+        rows = await ledger(db, key["id"], 3)
+        assert sorted(r["request_id"] for r in rows) == sorted([*first, second])
+
+        # SIGTERM while a request is in flight (the mock answers after 1.5 s): the worker
+        # finishes and settles it, and only then is the ledger process told to drain.
+        last = asyncio.create_task(chat())
+        await asyncio.sleep(0.5)
+        process.send_signal(signal.SIGTERM)
+        assert (await last).startswith("req_")
+        await client.close()
+    finally:
+        await stopped(process)
+    assert process.returncode == 0
+    rows = await db.fetch("SELECT request_id FROM usage_events WHERE key_id = $1", key["id"])
+    assert sorted(r["request_id"] for r in rows) == sorted([*first, second, last.result()])
