@@ -3,7 +3,8 @@
 Starts a fast fake OpenAI upstream (bench/upstream.py, pinned to core 1), the bare
 pass-through reference proxy (bench/bare_proxy.py) and `spendgate serve --workers 1` (both
 pinned to core 0), creates a project and keys through the admin API, drives each target
-with wrk (pinned to core 1, beside the upstream) and prints one table per scenario:
+with wrk (pinned to core 1, beside the upstream; the bare proxy and spendgate in the order
+bare, spendgate, spendgate, bare, half the duration each) and prints one table per scenario:
 
     target | rps | p50 | p99 | CPU µs/req | rps vs bare | CPU vs bare | errors | core 1 busy
            | interference (what other processes took of the core under test)
@@ -612,6 +613,7 @@ class Result:
     test_core: int | None  # the one core the process under test is pinned to, if so
     intrusion_pct: float  # CPU others took on that core (else: other_pct), % of one core
     steal_pct: float  # CPU the hypervisor took from this machine, % of one core
+    halves: tuple[Result, Result] | None = None  # the two measurements merged into this
 
     @property
     def rps(self) -> float:
@@ -918,15 +920,53 @@ def noisy(r: Result) -> bool:
     return r.intrusion_pct > limit
 
 
+def merged(a: Result, b: Result) -> Result:
+    """One row of two measurements of the same target: counts added, CPU per request
+    weighted by requests, shares of a core by time, p50 and p99 the mean of the two."""
+
+    def by_time(x: float, y: float) -> float:
+        return (x * a.seconds + y * b.seconds) / max(a.seconds + b.seconds, 1e-9)
+
+    def shares(x: dict[Any, float], y: dict[Any, float]) -> dict[Any, float]:
+        return {k: by_time(x.get(k, 0.0), y.get(k, 0.0)) for k in {**x, **y}}
+
+    cpu_us = None
+    if a.cpu_us is not None and b.cpu_us is not None:
+        cpu_us = (a.cpu_us * a.requests + b.cpu_us * b.requests) / max(a.requests + b.requests, 1)
+    return Result(
+        target=a.target,
+        requests=a.requests + b.requests,
+        seconds=a.seconds + b.seconds,
+        p50_ms=(a.p50_ms + b.p50_ms) / 2,
+        p99_ms=(a.p99_ms + b.p99_ms) / 2,
+        errors=a.errors + b.errors,
+        cpu_us=cpu_us,
+        cpu_pct=shares(a.cpu_pct, b.cpu_pct),
+        core_busy=shares(a.core_busy, b.core_busy),
+        other_pct=by_time(a.other_pct, b.other_pct),
+        test_core=a.test_core,
+        intrusion_pct=by_time(a.intrusion_pct, b.intrusion_pct),
+        steal_pct=by_time(a.steal_pct, b.steal_pct),
+        halves=(a, b),
+    )
+
+
 def details(rows: list[Result]) -> list[str]:
     out = []
     for r in rows:
         shares = ", ".join(f"{n} {v:.0f}%" for n, v in r.cpu_pct.items())
         cores = ", ".join(f"core {c} {v:.0f}%" for c, v in sorted(r.core_busy.items()))
+        halves = ""
+        if r.halves is not None:
+            h1, h2 = r.halves
+            halves = (
+                f"; halves {h1.rps:,.0f} and {h2.rps:,.0f} req/s, p99 {h1.p99_ms:.2f} and"
+                f" {h2.p99_ms:.2f} ms, CPU {fmt(h1.cpu_us)} and {fmt(h2.cpu_us)} µs/req"
+            )
         out.append(
             f"- {r.target}: {r.requests:,} requests in {r.seconds:.1f}s; CPU, % of one"
             f" core: {shares}, other processes {r.other_pct:.0f}%, hypervisor steal"
-            f" {r.steal_pct:.0f}%; busy: {cores}"
+            f" {r.steal_pct:.0f}%; busy: {cores}{halves}"
         )
     saturated = [
         r.target
@@ -1014,28 +1054,45 @@ class Session:
         return 1 if self.pinned else None
 
     def pair(self, label: str, body: dict[str, Any], **options: Any) -> list[Result]:
-        """The bare proxy, then spendgate, under the same load."""
+        """The bare proxy and spendgate under the same load, in the order bare, spendgate,
+        spendgate, bare, each for half the duration, so that a machine whose speed drifts
+        during the pair weighs on both alike. Each row merges its two halves."""
+        half = max(1, self.config.duration // 2)
         bench, keys, lg = self.bench, self.keys, self.side_cpus
-        return [
-            bench.measure(
-                f"bare proxy{label}",
+
+        def bare(warmup: int | None = None) -> Result:
+            target = f"bare proxy{label}"
+            return bench.measure(
+                target,
                 self.bare_url,
                 body,
                 keys,
                 self.bare.pid,
                 loadgen_cpus=lg,
+                seconds=half,
+                warmup=warmup,
                 **options,
-            ),
-            bench.measure(
-                f"spendgate{label}",
+            )
+
+        def spendgate(warmup: int | None = None) -> Result:
+            target = f"spendgate{label}"
+            return bench.measure(
+                target,
                 self.sg_url,
                 body,
                 keys,
                 self.spendgate.pid,
                 loadgen_cpus=lg,
+                seconds=half,
+                warmup=warmup,
                 **options,
-            ),
-        ]
+            )
+
+        first_bare = bare()
+        first_spendgate = spendgate()
+        second_spendgate = spendgate(warmup=0)  # warm: it has just been measured
+        second_bare = bare()
+        return [merged(first_bare, second_bare), merged(first_spendgate, second_spendgate)]
 
     def direct(self, body: dict[str, Any], label: str) -> list[Result]:
         """The upstream's own ceiling, the load generator on the other core."""
