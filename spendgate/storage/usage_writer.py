@@ -19,13 +19,20 @@ idempotent insert gives exactly one row per request. Postgres being down only de
 ledger: requests never wait for this task, and new events wait in the streams, unread,
 until the failed batch is written. An event that cannot be stored (a missing or garbled
 field) is logged with its entry id and dropped, so it cannot block the events behind it.
+
+`api_keys.last_used_at` moves with the batches, at most once a minute per key and writer
+(TOUCH_EVERY): a key's latest use reaches it in the first round a minute after the
+previous update, with or without new events, and at once when the writer stops. Touched
+every round, a busy key's row would take ten updates a second from every replica.
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from operator import itemgetter
@@ -47,6 +54,8 @@ BACKOFF_MAX: Final = 2.0
 # Events parsed between two yields to the event loop (~2 µs each): a round's work must
 # not hold up the requests in flight for more than a fraction of a millisecond at a time.
 PARSE_SLICE = 16
+# Seconds between two updates of one key's last_used_at by one writer.
+TOUCH_EVERY = 60.0
 
 # The batch goes as one JSON array of rows ([request_id, created_at, ...], UsageEvent's
 # fields), in the order the rows are to be inserted: one parameter to encode instead of 13
@@ -61,13 +70,13 @@ ORDER BY n
 ON CONFLICT (request_id, created_at) DO NOTHING
 """
 
-# Rows are locked in id order so two writers touching the same keys cannot deadlock; NO KEY
+# $1: [[key_id, last use], ...], one pair per key. Rows are locked in id order so two
+# writers touching the same keys cannot deadlock; NO KEY
 # UPDATE, like a plain UPDATE of a non-key column, so inserts referencing a key never wait.
 _TOUCH_KEYS = """
 WITH used AS (
-    SELECT e->>2 AS key_id, max((e->>1)::timestamptz) AS last
+    SELECT e->>0 AS key_id, (e->>1)::timestamptz AS last
     FROM jsonb_array_elements($1::jsonb) AS rows (e)
-    GROUP BY 1
 ), locked AS (
     SELECT k.id, used.last FROM api_keys k JOIN used ON used.key_id = k.id
     WHERE k.last_used_at IS NULL OR k.last_used_at < used.last
@@ -78,6 +87,9 @@ UPDATE api_keys k
 SET last_used_at = greatest(coalesce(k.last_used_at, '-infinity'), locked.last)
 FROM locked WHERE k.id = locked.id
 """
+
+
+Touches = list[tuple[str, datetime]]  # (key id, its latest use), for _TOUCH_KEYS
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +117,7 @@ class UsageWriter:
         flush_interval: float = 0.1,
         batch_size: int = 500,
         claim_idle_ms: int = 30_000,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._streams = UsageStreams(
             redis,
@@ -118,6 +131,13 @@ class UsageWriter:
         self._flush_interval = flush_interval
         # The entries of a batch whose write failed, retried before anything is read.
         self._unwritten: list[StreamEntry] = []
+        # last_used_at: each key's latest use not written yet, and when this writer last
+        # wrote the key's (only keys written less than TOUCH_EVERY ago are kept).
+        self._monotonic = monotonic
+        self._untouched: dict[str, datetime] = {}
+        self._touched: dict[str, float] = {}
+        self._due_at: list[tuple[float, str]] = []  # heap: when each waiting key is due
+        self._prune_at = monotonic() + TOUCH_EVERY
         self._lock = asyncio.Lock()
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -196,7 +216,13 @@ class UsageWriter:
                 _log_failure(exc, "drain stopped, unwritten events stay in redis")
                 return
             if not result.received and not result.more:
-                return
+                break
+        try:  # the latest uses not written yet, interval or not
+            async with self._lock:
+                self._due_at.clear()
+                await self._touch(list(self._untouched.items()))
+        except Exception as exc:
+            _log_failure(exc, "last_used_at of some keys not updated")
 
     async def _pause(self, seconds: float) -> None:
         try:
@@ -216,6 +242,7 @@ class UsageWriter:
             return _Round(received=len(entries), inserted=inserted, more=True)
         entries, more = await self._streams.fetch()
         if not entries:
+            await self._touch(self._due())
             return _Round(received=0, inserted=0, more=more)
         inserted = await self._write(entries)
         return _Round(received=len(entries), inserted=inserted, more=more)
@@ -250,19 +277,75 @@ class UsageWriter:
         if dropped:  # first, so that a Postgres outage cannot bring them back to the log
             await self._streams.ack(dropped)
             self._unwritten = written
-        inserted = await self._insert(sorted(rows.values(), key=_row_order)) if rows else 0
+        for event in rows.values():
+            self._used(event.key_id, event.created_at)
+        inserted = 0
+        if rows:
+            touches = self._due()
+            try:
+                inserted = await self._insert(sorted(rows.values(), key=_row_order), touches)
+            except BaseException:
+                self._requeue(touches)
+                raise
+            self._touched_now(touches)
         if written:
             await self._streams.ack(written)
         self._unwritten = []
         return inserted
 
-    async def _insert(self, events: Sequence[UsageEvent]) -> int:
+    async def _insert(self, events: Sequence[UsageEvent], touches: Touches) -> int:
         rows = orjson.dumps([tuple(event) for event in events]).decode()
         async with postgres_errors(), self._pool.acquire() as conn, conn.transaction():
             status = await conn.execute(_INSERT, rows)
-            await conn.execute(_TOUCH_KEYS, rows)
+            if touches:
+                await conn.execute(_TOUCH_KEYS, orjson.dumps(touches).decode())
         self.writes_ok += 1
         return int(status.rsplit(" ", 1)[1])  # "INSERT 0 <rows>"
+
+    # -- last_used_at ------------------------------------------------------------------
+
+    def _used(self, key_id: str, at: datetime) -> None:
+        last = self._untouched.get(key_id)
+        if last is None:  # newly waiting: due a minute after the key's last update
+            due = self._touched.get(key_id, -TOUCH_EVERY) + TOUCH_EVERY
+            heapq.heappush(self._due_at, (due, key_id))
+        if last is None or at > last:
+            self._untouched[key_id] = at
+
+    def _due(self) -> Touches:
+        """The keys waiting whose last update is TOUCH_EVERY old (taken off the queue:
+        `_requeue` them if they are not written)."""
+        now = self._monotonic()
+        if now >= self._prune_at:  # forget updates that no longer hold a key back
+            self._touched = {k: t for k, t in self._touched.items() if now - t < TOUCH_EVERY}
+            self._prune_at = now + TOUCH_EVERY
+        due = []
+        while self._due_at and self._due_at[0][0] <= now:
+            _, key_id = heapq.heappop(self._due_at)
+            due.append((key_id, self._untouched[key_id]))
+        return due
+
+    def _requeue(self, touches: Touches) -> None:
+        for key_id, _ in touches:
+            heapq.heappush(self._due_at, (float("-inf"), key_id))
+
+    async def _touch(self, touches: Touches) -> None:
+        """Update these keys' last_used_at on their own (a round without events)."""
+        if not touches:
+            return
+        try:
+            async with postgres_errors(), self._pool.acquire() as conn:
+                await conn.execute(_TOUCH_KEYS, orjson.dumps(touches).decode())
+        except BaseException:
+            self._requeue(touches)
+            raise
+        self._touched_now(touches)
+
+    def _touched_now(self, touches: Touches) -> None:
+        now = self._monotonic()
+        for key_id, _ in touches:
+            del self._untouched[key_id]
+            self._touched[key_id] = now
 
 
 # One order for every writer: two inserting the same rows wait, never deadlock.

@@ -22,7 +22,7 @@ from spendgate.storage.postgres import create_pool, migrate, postgres_errors
 from spendgate.storage.resp import RespClient
 from spendgate.storage.usage_events import usage_stream_key
 from spendgate.storage.usage_streams import GROUP
-from spendgate.storage.usage_writer import UsageWriter
+from spendgate.storage.usage_writer import TOUCH_EVERY, UsageWriter
 from tests.helpers import TcpLink
 
 BUCKETS = 4
@@ -229,6 +229,129 @@ async def test_last_used_at_moves_forward_only_for_existing_keys(
         KEYS[1]: later,
     }
     assert await count_rows(db) == 5
+
+
+class Ticks:
+    """A monotonic clock that the test moves."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def add_keys(db: asyncpg.Connection, *key_ids: str) -> None:
+    await db.execute("INSERT INTO projects (id, name, plan) VALUES ('prj_1', 'p', 'free')")
+    for i, key_id in enumerate(key_ids):
+        await db.execute(
+            "INSERT INTO api_keys (id, project_id, name, token_hash, preview, status)"
+            " VALUES ($1, 'prj_1', 'k', $2, 'sgk_', 'active')",
+            key_id,
+            bytes([i]) * 32,
+        )
+
+
+async def last_used(db: asyncpg.Connection) -> dict[str, datetime | None]:
+    return {r["id"]: r["last_used_at"] for r in await db.fetch("SELECT * FROM api_keys")}
+
+
+async def first_use_written(
+    pool: asyncpg.Pool,
+    make_writer: MakeWriter,
+    raw_redis: redis.Redis,
+    redis_prefix: str,
+    db: asyncpg.Connection,
+) -> tuple[UsageWriter, Ticks]:
+    """Keys KEYS[0] and KEYS[1], and a writer on a test clock that has written one use of
+    KEYS[0] (at T0)."""
+    await add_keys(db, KEYS[0], KEYS[1])
+    ticks = Ticks()
+    writer = make_writer(pool, monotonic=ticks)
+    await writer.ensure_groups()
+    await xadd(raw_redis, redis_prefix, event("r1", KEYS[0], created_at=T0_MS))
+    assert await writer.run_once() == 1
+    return writer, ticks
+
+
+async def test_last_used_at_moves_once_a_minute_and_catches_up_without_new_events(
+    pool: asyncpg.Pool,
+    make_writer: MakeWriter,
+    raw_redis: redis.Redis,
+    redis_prefix: str,
+    db: asyncpg.Connection,
+) -> None:
+    writer, ticks = await first_use_written(pool, make_writer, raw_redis, redis_prefix, db)
+    assert await last_used(db) == {KEYS[0]: from_epoch_ms(T0_MS), KEYS[1]: None}
+
+    # KEYS[0] was updated less than a minute ago: its newer use waits. KEYS[1]'s first
+    # use goes at once.
+    ticks.now += TOUCH_EVERY - 1
+    await xadd(
+        raw_redis,
+        redis_prefix,
+        event("r2", KEYS[0], created_at=T0_MS + 5000),
+        event("r3", KEYS[1], created_at=T0_MS + 6000),
+    )
+    assert await writer.run_once() == 2
+    expected = {KEYS[0]: from_epoch_ms(T0_MS), KEYS[1]: from_epoch_ms(T0_MS + 6000)}
+    assert await last_used(db) == expected
+    assert await writer.run_once() == 0
+    assert await last_used(db) == expected
+
+    # A minute after its last update, a round without events writes it.
+    ticks.now += 1
+    assert await writer.run_once() == 0
+    expected[KEYS[0]] = from_epoch_ms(T0_MS + 5000)
+    assert await last_used(db) == expected
+    assert await count_rows(db) == 3
+
+
+async def test_a_stopping_writer_writes_the_last_uses_it_holds_back(
+    pool: asyncpg.Pool,
+    make_writer: MakeWriter,
+    raw_redis: redis.Redis,
+    redis_prefix: str,
+    db: asyncpg.Connection,
+) -> None:
+    await add_keys(db, KEYS[0])
+    writer = make_writer(pool, flush_interval=0.05, monotonic=Ticks())
+    await writer.start()
+    await xadd(raw_redis, redis_prefix, event("r1", KEYS[0], created_at=T0_MS))
+    await wait_until(partial(_rows_are, db, 1))
+    await xadd(raw_redis, redis_prefix, event("r2", KEYS[0], created_at=T0_MS + 7000))
+    await wait_until(partial(_rows_are, db, 2))
+    assert await last_used(db) == {KEYS[0]: from_epoch_ms(T0_MS)}  # held back
+    await writer.stop()
+    assert await last_used(db) == {KEYS[0]: from_epoch_ms(T0_MS + 7000)}
+
+
+async def test_a_last_use_whose_write_failed_is_written_with_a_later_round(
+    postgres_link: tuple[TcpLink, str],
+    make_writer: MakeWriter,
+    raw_redis: redis.Redis,
+    redis_prefix: str,
+    db: asyncpg.Connection,
+) -> None:
+    postgres, dsn = postgres_link
+    pool = await create_pool(dsn, size=1)
+    await migrate(pool)
+    writer, ticks = await first_use_written(pool, make_writer, raw_redis, redis_prefix, db)
+
+    ticks.now += TOUCH_EVERY
+    await xadd(raw_redis, redis_prefix, event("r2", KEYS[0], created_at=T0_MS + 9000))
+    await postgres.cut()
+    with pytest.raises(StorageUnavailable):
+        await writer.run_once()  # the batch and its update, due now, both fail
+    await postgres.restore()
+    await xadd(raw_redis, redis_prefix, event("r3", KEYS[1], created_at=T0_MS + 1))
+    assert await writer.run_once() == 1  # the failed batch first
+    assert await writer.run_once() == 1
+    assert await last_used(db) == {
+        KEYS[0]: from_epoch_ms(T0_MS + 9000),
+        KEYS[1]: from_epoch_ms(T0_MS + 1),
+    }
+    await pool.close()
 
 
 async def test_events_wait_in_redis_while_postgres_is_down_then_land_once(
