@@ -1172,21 +1172,35 @@ def scenario_workers(s: Session) -> None:
         s.report.section("Two workers vs one", "Skipped: this machine has one core.", [])
         return
     everywhere = all_cpus()
-    for proc in (s.upstream, s.spendgate):
-        set_affinity(proc.pid, everywhere)
+    # With 4 cores or more, the gateway gets two of its own (cores 0 and 1) and the rest
+    # runs elsewhere: the target's setting. With fewer, nothing is pinned.
+    gateway = {0, 1} if len(everywhere) >= 4 else everywhere
+    rest = everywhere - gateway or everywhere
+    set_affinity(s.upstream.pid, rest)
+    set_affinity(s.spendgate.pid, gateway)
     try:
         with ExitStack() as two_stack:
-            two_stack.enter_context(stores_on(s.store_servers, everywhere))
+            two_stack.enter_context(stores_on(s.store_servers, rest))
             one = s.bench.measure(
-                "spendgate, 1 worker", s.sg_url, CHAT_BODY, s.keys, s.spendgate.pid
+                "spendgate, 1 worker",
+                s.sg_url,
+                CHAT_BODY,
+                s.keys,
+                s.spendgate.pid,
+                loadgen_cpus=rest,
             )
             env = spendgate_env(s.store, s.admin_token, free_port(), s.tmp / "data2")
-            two_proc, two_url = start_spendgate(two_stack, "spendgate-2w", env, 2, s.logs, None)
+            two_proc, two_url = start_spendgate(two_stack, "spendgate-2w", env, 2, s.logs, gateway)
             check_answer(two_url, s.keys, CHAT_BODY, "spendgate --workers 2")
             s.bench.watched["spendgate-2w"] = two_proc.pid
             try:
                 two = s.bench.measure(
-                    "spendgate, 2 workers", two_url, CHAT_BODY, s.keys, two_proc.pid
+                    "spendgate, 2 workers",
+                    two_url,
+                    CHAT_BODY,
+                    s.keys,
+                    two_proc.pid,
+                    loadgen_cpus=rest,
                 )
             finally:
                 del s.bench.watched["spendgate-2w"]
@@ -1195,11 +1209,14 @@ def scenario_workers(s: Session) -> None:
         set_affinity(s.spendgate.pid, s.target_cpus or everywhere)
     ratio_ = two.rps / one.rps if one.rps else None
     s.values["workers"] = ratio_
-    intro = (
-        "JSON chat, nothing pinned (spendgate, the upstream and the load generator share both "
-        f"cores with Redis and PostgreSQL); {s.config.connections} connections, "
-        f"{s.config.duration}s."
+    placement = (
+        "spendgate on cores 0 and 1, the upstream, the load generator, Redis and PostgreSQL"
+        " on the others"
+        if gateway != everywhere
+        else "nothing pinned: spendgate, the upstream and the load generator share every core"
+        " with Redis and PostgreSQL"
     )
+    intro = f"JSON chat, {placement}; {s.config.connections} connections, {s.config.duration}s."
     lines = table([one, two], one, None)
     lines[0] = lines[0].replace("vs bare", "vs 1 worker")
     s.report.section(
