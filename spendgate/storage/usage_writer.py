@@ -20,6 +20,10 @@ ledger: requests never wait for this task, and new events wait in the streams, u
 until the failed batch is written. An event that cannot be stored (a missing or garbled
 field) is logged with its entry id and dropped, so it cannot block the events behind it.
 
+A round runs every `flush_interval` (100 ms) while there are events; after rounds that
+find none the pause doubles, up to IDLE_PAUSE_MAX (1 s): an idle writer reads the 64
+streams once a second instead of ten times.
+
 `api_keys.last_used_at` moves with the batches, at most once a minute per key and writer
 (TOUCH_EVERY): a key's latest use reaches it in the first round a minute after the
 previous update, with or without new events, and at once when the writer stops. Touched
@@ -51,6 +55,9 @@ log = logging.getLogger(__name__)
 
 BACKOFF_MIN: Final = 0.1
 BACKOFF_MAX: Final = 2.0
+# The longest pause between two rounds that found nothing: the first event after a quiet
+# spell waits at most this long.
+IDLE_PAUSE_MAX: Final = 1.0
 # Events parsed between two yields to the event loop (~2 µs each): a round's work must
 # not hold up the requests in flight for more than a fraction of a millisecond at a time.
 PARSE_SLICE = 16
@@ -129,6 +136,7 @@ class UsageWriter:
         )
         self._pool = pool
         self._flush_interval = flush_interval
+        self._idle_pause_max = max(IDLE_PAUSE_MAX, flush_interval)
         # The entries of a batch whose write failed, retried before anything is read.
         self._unwritten: list[StreamEntry] = []
         # last_used_at: each key's latest use not written yet, and when this writer last
@@ -191,6 +199,7 @@ class UsageWriter:
 
     async def _run(self) -> None:
         backoff = BACKOFF_MIN
+        pause = self._flush_interval
         while not self._stopping.is_set():
             try:
                 async with self._lock:
@@ -202,8 +211,12 @@ class UsageWriter:
                 backoff = min(backoff * 2, BACKOFF_MAX)
                 continue
             backoff = BACKOFF_MIN
-            if not result.more:
-                await self._pause(self._flush_interval)
+            if result.more:
+                continue
+            # Idle rounds space out (to IDLE_PAUSE_MAX): every round reads every bucket.
+            idle = not result.received
+            pause = min(pause * 2, self._idle_pause_max) if idle else self._flush_interval
+            await self._pause(pause)
         await self._drain()
 
     async def _drain(self) -> None:

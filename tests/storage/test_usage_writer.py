@@ -354,6 +354,41 @@ async def test_a_last_use_whose_write_failed_is_written_with_a_later_round(
     await pool.close()
 
 
+async def test_an_idle_writer_spaces_its_rounds_out_and_closes_up_when_events_come(
+    pool: asyncpg.Pool,
+    make_writer: MakeWriter,
+    raw_redis: redis.Redis,
+    redis_prefix: str,
+    db: asyncpg.Connection,
+) -> None:
+    writer = make_writer(pool, flush_interval=0.1)
+    pauses: list[float] = []
+    quiet, events_added, done = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    async def pause(seconds: float) -> None:  # the pause asked for, none taken
+        pauses.append(seconds)
+        if len(pauses) == 6:
+            quiet.set()
+            await events_added.wait()
+        if len(pauses) >= 8:
+            await done.wait()
+
+    async def paused_eight_times() -> bool:
+        return len(pauses) >= 8
+
+    writer._pause = pause  # type: ignore[method-assign]
+    await writer.start()
+    async with asyncio.timeout(5):
+        await quiet.wait()
+    await xadd(raw_redis, redis_prefix, event("r1"))
+    events_added.set()
+    await wait_until(paused_eight_times)
+    assert pauses == [0.2, 0.4, 0.8, 1.0, 1.0, 1.0, 0.1, 0.2]
+    assert await count_rows(db) == 1
+    done.set()
+    await writer.stop()
+
+
 async def test_events_wait_in_redis_while_postgres_is_down_then_land_once(
     postgres_link: tuple[TcpLink, str],
     make_writer: MakeWriter,
