@@ -78,8 +78,8 @@ ON CONFLICT (request_id, created_at) DO NOTHING
 """
 
 # $1: [[key_id, last use], ...], one pair per key. Rows are locked in id order so two
-# writers touching the same keys cannot deadlock; NO KEY
-# UPDATE, like a plain UPDATE of a non-key column, so inserts referencing a key never wait.
+# writers touching the same keys cannot deadlock; NO KEY UPDATE, like a plain UPDATE of a
+# non-key column, so inserts referencing a key never wait.
 _TOUCH_KEYS = """
 WITH used AS (
     SELECT e->>0 AS key_id, (e->>1)::timestamptz AS last
