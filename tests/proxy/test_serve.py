@@ -14,6 +14,7 @@ from pathlib import Path
 import aiohttp
 import asyncpg
 import openai
+import redis.asyncio as redis
 from openai.types.chat import ChatCompletionMessageParam
 
 from spendgate.config import Settings
@@ -96,11 +97,11 @@ def children_by_niceness(pid: int) -> dict[int, int]:
 
 
 async def test_the_ledger_process_writes_restarts_and_drains_after_the_workers(
-    settings: Settings, db: asyncpg.Connection
+    settings: Settings, db: asyncpg.Connection, raw_redis: redis.Redis
 ) -> None:
     """`serve` runs the usage writer in a niced process of its own: it writes what the
     worker settles, is replaced when it dies, and at SIGTERM drains only once the worker has
-    finished its last request."""
+    finished its last request. (`raw_redis` deletes the streams and keys it made.)"""
     port = free_port()
     env = serve_env(settings, port, SPENDGATE_WORKERS="1", SPENDGATE_MOCK_LATENCY_MS="1500")
     process = await asyncio.create_subprocess_exec(
