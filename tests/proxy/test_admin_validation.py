@@ -6,6 +6,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+import redis.asyncio as redis
 from aiohttp import web
 
 from spendgate.proxy.app import create_app
@@ -256,7 +257,11 @@ BAD_AUTHORIZATIONS = [
 
 @pytest.mark.parametrize("authorization", BAD_AUTHORIZATIONS)
 async def test_every_admin_route_needs_the_admin_token(
-    aiohttp_client: Any, app: web.Application, db: asyncpg.Connection, authorization: str | None
+    raw_redis: redis.Redis,  # first: set up before the app, so it cleans up after it
+    aiohttp_client: Any,
+    app: web.Application,
+    db: asyncpg.Connection,
+    authorization: str | None,
 ) -> None:
     client = await aiohttp_client(app)
     headers = {} if authorization is None else {"Authorization": authorization}

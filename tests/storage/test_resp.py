@@ -37,7 +37,9 @@ async def test_concurrent_commands_each_get_their_own_reply(
 
 
 async def test_commands_of_one_loop_turn_go_out_in_one_write(
-    resp: RespClient, redis_prefix: str
+    resp: RespClient,
+    raw_redis: redis.Redis,  # deletes the counter afterwards
+    redis_prefix: str,
 ) -> None:
     key = f"{redis_prefix}:resp:counter"
     await resp.connect()
