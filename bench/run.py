@@ -1059,40 +1059,25 @@ class Session:
         spendgate, bare, each for half the duration, so that a machine whose speed drifts
         during the pair weighs on both alike. Each row merges its two halves."""
         half = max(1, self.config.duration // 2)
-        bench, keys, lg = self.bench, self.keys, self.side_cpus
 
-        def bare(warmup: int | None = None) -> Result:
-            target = f"bare proxy{label}"
-            return bench.measure(
-                target,
-                self.bare_url,
+        def measure(target: str, url: str, pid: int, warmup: int | None = None) -> Result:
+            return self.bench.measure(
+                f"{target}{label}",
+                url,
                 body,
-                keys,
-                self.bare.pid,
-                loadgen_cpus=lg,
+                self.keys,
+                pid,
+                loadgen_cpus=self.side_cpus,
                 seconds=half,
                 warmup=warmup,
                 **options,
             )
 
-        def spendgate(warmup: int | None = None) -> Result:
-            target = f"spendgate{label}"
-            return bench.measure(
-                target,
-                self.sg_url,
-                body,
-                keys,
-                self.spendgate.pid,
-                loadgen_cpus=lg,
-                seconds=half,
-                warmup=warmup,
-                **options,
-            )
-
-        first_bare = bare()
-        first_spendgate = spendgate()
-        second_spendgate = spendgate(warmup=0)  # warm: it has just been measured
-        second_bare = bare()
+        first_bare = measure("bare proxy", self.bare_url, self.bare.pid)
+        first_spendgate = measure("spendgate", self.sg_url, self.spendgate.pid)
+        # No warm-up: it has just been measured.
+        second_spendgate = measure("spendgate", self.sg_url, self.spendgate.pid, warmup=0)
+        second_bare = measure("bare proxy", self.bare_url, self.bare.pid)
         return [merged(first_bare, second_bare), merged(first_spendgate, second_spendgate)]
 
     def direct(self, body: dict[str, Any], label: str) -> list[Result]:

@@ -19,7 +19,6 @@ SIGINT is ignored here for the same reason.
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import signal
 from contextlib import suppress
@@ -31,8 +30,6 @@ from spendgate.storage.postgres import create_pool
 from spendgate.storage.redis_client import redis_errors
 from spendgate.storage.redis_deployment import redis_clients
 from spendgate.storage.usage_writer import UsageWriter
-
-log = logging.getLogger(__name__)
 
 NICENESS = 10  # below the workers: a round can wait a millisecond, a request should not
 POOL_SIZE = 2  # one round writes at a time; the second covers a reconnect
